@@ -8,22 +8,15 @@ a plain safetensors checkpoint to a cache folder and later loads read that (abou
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .paths import default_cache_dir
+
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_cache_dir() -> Path:
-    """Root of peft-svf's caches; ``PEFT_SVF_CACHE`` overrides, else the XDG/HF-style user cache."""
-    if "PEFT_SVF_CACHE" in os.environ:
-        return Path(os.environ["PEFT_SVF_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "peft_svf"
 
 
 def _gguf_dir() -> Path:

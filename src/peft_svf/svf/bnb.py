@@ -1,0 +1,96 @@
+"""SVF on bitsandbytes-quantised bases: decompose the dequantised weight, keep the base quantised.
+
+The adapted output is the quantised base's own output plus ``U ((s' - s) * (V^T x))``, so an identity
+adapter reproduces the quantised model exactly. Merging dequantises, adds the change and quantises again
+(as PEFT's LoRA does), which rounds: prefer unmerged inference on quantised bases.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.import_utils import is_bnb_4bit_available, is_bnb_available
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.integrations import dequantize_bnb_weight
+from torch import nn
+
+from .config import SVFConfig
+from .layer import SVFLayer
+
+
+class _QuantizedSVFLayer(nn.Module, SVFLayer):
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: SVFConfig, **kwargs: Any) -> None:
+        super().__init__()
+        SVFLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    forward = SVFLayer.svf_forward
+
+    def _base_features(self) -> tuple[int, int]:
+        base = self.get_base_layer()
+        return base.in_features, base.out_features
+
+    def _compute_dtype(self) -> torch.dtype:
+        dtype = getattr(self.get_base_layer(), "compute_dtype", None)
+        return dtype if dtype is not None and dtype.is_floating_point else torch.float32
+
+    def _free_base_weight(self) -> None:
+        warnings.warn("keep_base_weight=False does not apply to quantised layers; keeping the quantised weight.")
+
+    def _forward_with_dense_change(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return self.get_base_layer()(x) + F.linear(x.to(delta.dtype), delta).to(x.dtype)
+
+    def _merge_dtype(self) -> torch.dtype:
+        return torch.float32
+
+
+if is_bnb_available():
+    import bitsandbytes as bnb
+
+    class Linear8bitLt(_QuantizedSVFLayer):
+        """SVF on ``bnb.nn.Linear8bitLt``."""
+
+        def dense_weight(self) -> torch.Tensor:
+            base = self.get_base_layer()
+            return dequantize_bnb_weight(base.weight, state=base.state).float()
+
+        def _write_merged_weight(self, matrix: torch.Tensor) -> None:
+            base = self.get_base_layer()
+            weight = base.weight
+            base.weight = bnb.nn.Int8Params(
+                matrix.to("cpu"), requires_grad=False, has_fp16_weights=weight.has_fp16_weights
+            ).to(weight.device)
+            base.state.reset_grads()
+
+
+if is_bnb_4bit_available():
+    import bitsandbytes as bnb
+
+    class Linear4bit(_QuantizedSVFLayer):
+        """SVF on ``bnb.nn.Linear4bit``."""
+
+        def dense_weight(self) -> torch.Tensor:
+            return dequantize_bnb_weight(self.get_base_layer().weight).float()
+
+        def _write_merged_weight(self, matrix: torch.Tensor) -> None:
+            base = self.get_base_layer()
+            weight = base.weight
+            kwargs = {k: v for k, v in weight.__dict__.items() if not k.startswith("_") and k != "data"}
+            kwargs["requires_grad"] = False
+            if "bnb_quantized" in kwargs:
+                kwargs["bnb_quantized"] = False
+            base.weight = bnb.nn.Params4bit(matrix.to("cpu"), **kwargs).to(weight.device)
+
+
+def dispatch_bnb(target: nn.Module, adapter_name: str, config: SVFConfig) -> nn.Module | None:
+    """The SVF layer for a bitsandbytes module, or None when ``target`` is not one."""
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if is_bnb_available() and isinstance(base, bnb.nn.Linear8bitLt):
+        return Linear8bitLt(target, adapter_name, config)
+    if is_bnb_4bit_available() and isinstance(base, bnb.nn.Linear4bit):
+        return Linear4bit(target, adapter_name, config)
+    return None

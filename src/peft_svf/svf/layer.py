@@ -1,0 +1,298 @@
+"""SVF tuner layers: a dense ``Linear`` (also GPT-2's ``Conv1D``); quantised bases live in ``bnb.py``.
+
+A layer holds one decomposition ``W = U diag(s) V^T`` of its base weight, shared by all its adapters, and
+one vector per adapter. Adapter ``k`` turns ``s`` into ``s * g_k`` (see ``SVFConfig``); several active
+adapters add their changes, ``s' = s + sum_k s * (g_k - 1)``, like stacked LoRA deltas, so merging them
+one after another gives the same weight as using them together.
+
+The adapted output is computed as ``W x + U ((s' - s) * (V^T x))``. Keeping the change separate from ``W``
+makes a fresh adapter reproduce the base exactly, and lets the same code serve quantised bases.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .config import SVFConfig
+from .decomposition import decompose
+
+_SUPPORTED = "torch.nn.Linear, transformers' Conv1D and bitsandbytes Linear4bit / Linear8bitLt"
+
+
+def initial_vector(config: SVFConfig, rank: int) -> torch.Tensor:
+    """Starting vector: the identity of the chosen parameterisation plus optional noise (float32)."""
+    start = config.init_value if config.parameterization == "official" else 1.0
+    vector = torch.full((rank,), float(start), dtype=torch.float32)
+    if config.init_noise_std > 0:
+        vector += config.init_noise_std * torch.randn(rank)
+    return vector
+
+
+def singular_value_gain(
+    vector: torch.Tensor, singular_values: torch.Tensor, parameterization: str, max_mult: float
+) -> torch.Tensor:
+    """Per-component factor ``g`` with ``s' = s * g`` (float32)."""
+    vector = vector.float()
+    if parameterization == "scale":
+        return vector
+    # The authors' form: a bounded mask, renormalised so the total singular-value mass is unchanged.
+    mask = torch.sigmoid(vector) * max_mult
+    return mask * (singular_values.sum() / (singular_values * mask).sum())
+
+
+def prefer_recompose(tokens: int, out_features: int, in_features: int, rank: int, needs_grad: bool) -> bool:
+    """Whether building the dense change costs fewer FLOPs than the factored path, for this call.
+
+    Extra work over the frozen base, counted in multiply-adds:
+      recompose: ``m n r`` to build the change (+ ``m n r`` and ``T m n`` backward for the gradient),
+      factored: ``T r (m + n)`` forward (and the same again backward).
+    """
+    m, n, r, t = out_features, in_features, rank, tokens
+    if needs_grad:
+        return 2 * m * n * r + t * m * n < 2 * t * r * (m + n)
+    return m * n * r < t * r * (m + n)
+
+
+class SVFLayer(BaseTunerLayer):
+    """Mixin with the SVF state and maths; subclasses say how to read and write the base weight."""
+
+    adapter_layer_names = ("svf_vector",)
+    other_param_names = ("svf_parameterization", "svf_max_mult")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.svf_vector = nn.ParameterDict({})
+        self.svf_parameterization: dict[str, str] = {}
+        self.svf_max_mult: dict[str, float] = {}
+        self.forward_mode = "auto"
+        self.frees_base_weight = False
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.kwargs = kwargs
+        self.in_features, self.out_features = self._base_features()
+        self.rank = min(self.in_features, self.out_features)
+
+    # -- base weight access (overridden for quantised bases) ------------------------------------------
+    def _base_features(self) -> tuple[int, int]:
+        base = self.get_base_layer()
+        if isinstance(base, Conv1D):
+            in_features, out_features = base.weight.shape
+            return in_features, out_features
+        return base.in_features, base.out_features
+
+    def dense_weight(self) -> torch.Tensor:
+        """The base weight as an (out_features, in_features) matrix."""
+        base = self.get_base_layer()
+        return base.weight.T if isinstance(base, Conv1D) else base.weight
+
+    def _write_dense_weight(self, matrix: torch.Tensor) -> None:
+        base = self.get_base_layer()
+        data = matrix.T if isinstance(base, Conv1D) else matrix
+        base.weight.data = data.contiguous().to(base.weight.dtype)
+
+    def _compute_dtype(self) -> torch.dtype:
+        return self.get_base_layer().weight.dtype
+
+    # -- adapters ---------------------------------------------------------------------------------------
+    def update_layer(self, adapter_name: str, config: SVFConfig, **kwargs: Any) -> None:
+        if not hasattr(self, "svf_S"):
+            self._decompose(config)
+        self.svf_vector[adapter_name] = nn.Parameter(initial_vector(config, self.rank).to(self.svf_S.device))
+        self.svf_parameterization[adapter_name] = config.parameterization
+        self.svf_max_mult[adapter_name] = config.max_mult
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def _decompose(self, config: SVFConfig) -> None:
+        """Decompose once per layer; later adapters reuse the factors (an expert adds only its vector)."""
+        matrix = self.dense_weight().detach()
+        factors = decompose(matrix, config.svd_dtype, config.svd_cache_dir, config.svd_cache)
+        factors_dtype = getattr(torch, config.factors_dtype) if config.factors_dtype else self._compute_dtype()
+        if not factors_dtype.is_floating_point:
+            factors_dtype = torch.float32
+        # Non-persistent: the factors are derived from the base weight, never saved with the adapter.
+        self.register_buffer("svf_U", factors.U.to(factors_dtype).contiguous(), persistent=False)
+        self.register_buffer("svf_S", factors.S.float(), persistent=False)
+        self.register_buffer("svf_Vh", factors.Vh.to(factors_dtype).contiguous(), persistent=False)
+        self.forward_mode = config.forward_mode
+        if not config.keep_base_weight:
+            self._free_base_weight()
+
+    def _free_base_weight(self) -> None:
+        base = self.get_base_layer()
+        if type(base) not in (nn.Linear, Conv1D):
+            warnings.warn("keep_base_weight=False only applies to dense layers; keeping the quantised weight.")
+            return
+        weight = base.weight
+        base.weight = nn.Parameter(torch.empty(0, dtype=weight.dtype, device=weight.device), requires_grad=False)
+        self.frees_base_weight = True
+
+    def _write_composed_weight(self, singular_values: torch.Tensor) -> None:
+        """Give a freed base a dense weight again: ``U diag(singular_values) V^T``."""
+        base = self.get_base_layer()
+        matrix = self._compose(singular_values)
+        data = matrix.T if isinstance(base, Conv1D) else matrix
+        base.weight = nn.Parameter(data.contiguous().to(base.weight.dtype), requires_grad=False)
+
+    def gain(self, adapter_name: str) -> torch.Tensor:
+        return singular_value_gain(
+            self.svf_vector[adapter_name],
+            self.svf_S,
+            self.svf_parameterization[adapter_name],
+            self.svf_max_mult[adapter_name],
+        )
+
+    def singular_value_change(self, adapter_names: list[str]) -> torch.Tensor:
+        """``s' - s`` for these adapters used together (float32)."""
+        change = torch.zeros_like(self.svf_S)
+        for name in adapter_names:
+            change = change + self.svf_S * (self.gain(name) - 1.0)
+        return change
+
+    def adapted_singular_values(self, adapter_names: list[str]) -> torch.Tensor:
+        return self.svf_S + self.singular_value_change(adapter_names)
+
+    def _compose(self, singular_values: torch.Tensor) -> torch.Tensor:
+        """``U diag(singular_values) V^T`` in the factors' dtype, (out_features, in_features)."""
+        return (self.svf_U * singular_values.to(self.svf_U.dtype)) @ self.svf_Vh
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """Dense change ``W' - W`` for one adapter, (out_features, in_features)."""
+        return self._compose(self.singular_value_change([adapter_name]))
+
+    # -- merging ----------------------------------------------------------------------------------------
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.svf_vector]
+        for name in adapter_names:
+            if self.frees_base_weight:
+                merged = self._compose(self.adapted_singular_values([*self.merged_adapters, name]))
+            else:
+                merged = self.dense_weight_for_merge() + self.get_delta_weight(name).to(self._merge_dtype())
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {name!r} seems to be broken.")
+            if self.frees_base_weight:
+                self._write_composed_weight(self.adapted_singular_values([*self.merged_adapters, name]))
+            else:
+                self._write_merged_weight(merged)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if not self.frees_base_weight:
+                restored = self.dense_weight_for_merge() - self.get_delta_weight(name).to(self._merge_dtype())
+                self._write_merged_weight(restored)
+        if self.frees_base_weight:
+            self._free_base_weight()
+
+    def dense_weight_for_merge(self) -> torch.Tensor:
+        return self.dense_weight().detach()
+
+    def _merge_dtype(self) -> torch.dtype:
+        return self.dense_weight().dtype
+
+    def _write_merged_weight(self, matrix: torch.Tensor) -> None:
+        self._write_dense_weight(matrix)
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
+    ) -> nn.Module:
+        """Hand back the base module; a freed weight is rebuilt (merged, or from the plain factors)."""
+        if merge:
+            self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+        if self.frees_base_weight and not self.merged:
+            self._write_composed_weight(self.svf_S)
+        return self.get_base_layer()
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def _active_adapter_names(self) -> list[str]:
+        return [name for name in self.active_adapters if name in self.svf_vector]
+
+    def _use_recompose(self, x: torch.Tensor, adapter_names: list[str]) -> bool:
+        if self.forward_mode != "auto":
+            return self.forward_mode == "recompose"
+        tokens = x.numel() // self.in_features
+        needs_grad = torch.is_grad_enabled() and any(self.svf_vector[n].requires_grad for n in adapter_names)
+        return prefer_recompose(tokens, self.out_features, self.in_features, self.rank, needs_grad)
+
+    def _factored(self, x: torch.Tensor, singular_values: torch.Tensor) -> torch.Tensor:
+        dtype = self.svf_U.dtype
+        hidden = F.linear(x.to(dtype), self.svf_Vh) * singular_values.to(dtype)
+        return F.linear(hidden, self.svf_U)
+
+    def _bias(self) -> torch.Tensor | None:
+        return self.get_base_layer().bias
+
+    def _adapted_forward(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
+        change = self.singular_value_change(adapter_names)
+        recompose = self._use_recompose(x, adapter_names)
+        if self.frees_base_weight:
+            singular_values = self.svf_S + change
+            if recompose:
+                weight = self._compose(singular_values)
+                return F.linear(x.to(weight.dtype), weight, self._bias())
+            out = self._factored(x, singular_values)
+            bias = self._bias()
+            return out if bias is None else out + bias
+        if recompose:
+            return self._forward_with_dense_change(x, self._compose(change))
+        return self.get_base_layer()(x) + self._factored(x, change).to(x.dtype)
+
+    def _forward_with_dense_change(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        weight = self.dense_weight() + delta.to(self._compute_dtype())
+        return F.linear(x, weight, self._bias())
+
+    def _base_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.merged or not self.frees_base_weight:
+            return self.base_layer(x, *args, **kwargs)
+        out = self._factored(x, self.svf_S)
+        bias = self._bias()
+        return (out if bias is None else out + bias).to(x.dtype)
+
+    def svf_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The forward of every SVF layer class (``nn.Module`` comes first in their MRO, as in PEFT)."""
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self._base_forward(x, *args, **kwargs)
+        adapter_names = self._active_adapter_names()
+        if self.merged or not adapter_names:
+            return self._base_forward(x, *args, **kwargs)
+        return self._adapted_forward(x, adapter_names).to(x.dtype)
+
+
+class Linear(nn.Module, SVFLayer):
+    """SVF on ``torch.nn.Linear`` or transformers' ``Conv1D`` (weight stored transposed)."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: SVFConfig, **kwargs: Any) -> None:
+        super().__init__()
+        SVFLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    forward = SVFLayer.svf_forward
+
+
+def dispatch_default(target: nn.Module, adapter_name: str, config: SVFConfig, module_name: str) -> nn.Module:
+    """Wrap ``target`` in the SVF layer for its type, or explain which types are supported."""
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    from .bnb import dispatch_bnb
+
+    quantized = dispatch_bnb(target, adapter_name, config)
+    if quantized is not None:
+        return quantized
+    if isinstance(base, (nn.Linear, Conv1D)):
+        return Linear(target, adapter_name, config)
+    raise ValueError(
+        f"SVF cannot adapt module {module_name!r} of type {type(base).__name__}: it supports {_SUPPORTED}. "
+        "Narrow `target_modules` (or use `exclude_modules`)."
+    )
