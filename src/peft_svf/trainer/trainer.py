@@ -1,0 +1,359 @@
+"""``SVFTrainer``: REINFORCE with a KL penalty to the base model (Transformer² eq. 1), shaped like TRL's GRPOTrainer."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from peft import PeftConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    set_seed,
+)
+from trl.data_utils import is_conversational, maybe_apply_chat_template
+from trl.trainer.utils import identity
+
+from .config import SVFTrainingConfig
+from .objective import aggregate_per_sequence, completion_mask, compute_advantages, token_kl
+from .rewards import RewardFunc, reward_func_name, score_completions
+from .sampling import sample_key, seeded_sampling_processors
+
+_TIMERS = ("rollout_time", "update_time", "kl_time")
+
+
+class SVFTrainer(Trainer):
+    """Trains the active PEFT adapter of a causal LM with REINFORCE and a KL penalty to its base model.
+
+    Per step it samples completions with the adapter merged into the weights (base-model generation
+    speed), scores them with ``reward_funcs``, subtracts a baseline, and minimises
+    ``-mean_i[A_i · log π(y_i|x_i)] + kl_coef · KL(π_adapted || π_base)``, where the base distribution
+    comes from the same model with the adapter disabled (no second copy in memory). Written against the
+    generic PEFT interface, it trains SVF experts and, for comparison, LoRA with the same loop.
+    """
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel | PeftModel,
+        reward_funcs: RewardFunc | list[RewardFunc],
+        args: SVFTrainingConfig | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: PeftConfig | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (
+            None,
+            None,
+        ),
+    ) -> None:
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = SVFTrainingConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-SVF")
+        # Adapter initialisation draws random numbers (SVF's init noise): seed first, as TRL does.
+        set_seed(args.seed)
+        if isinstance(model, str):
+            model_id = model
+            model = AutoModelForCausalLM.from_pretrained(model_id, **(args.model_init_kwargs or {}))
+            if processing_class is None:
+                processing_class = AutoTokenizer.from_pretrained(model_id)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+
+        model = self._prepare_peft_model(model, peft_config)
+        model.config.pad_token_id = processing_class.pad_token_id
+        model.generation_config.pad_token_id = processing_class.pad_token_id
+        # Every EOS the model declares (e.g. an end-of-turn token) ends a completion, not only the tokenizer's.
+        eos = model.generation_config.eos_token_id
+        eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if processing_class.eos_token_id is not None and processing_class.eos_token_id not in eos_ids:
+            eos_ids.insert(0, processing_class.eos_token_id)
+        if not eos_ids:
+            raise ValueError(
+                "SVFTrainer needs an EOS token (tokenizer or generation config) to end completions."
+            )
+        self.eos_token_ids: list[int] = eos_ids
+
+        self.reward_funcs: list[RewardFunc] = (
+            list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
+        )
+        if not self.reward_funcs:
+            raise ValueError("SVFTrainer needs at least one reward function.")
+        self.reward_func_names = [reward_func_name(f) for f in self.reward_funcs]
+        weights = args.reward_weights or [1.0] * len(self.reward_funcs)
+        if len(weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"reward_weights has {len(weights)} entries for {len(self.reward_funcs)} reward functions."
+            )
+        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+
+        self._metrics: dict[str, defaultdict[str, list[float]]] = {"train": defaultdict(list)}
+        self._timers = dict.fromkeys(_TIMERS, 0.0)
+        self._micro_steps = 0
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=identity,  # rows stay dicts: prompts are tokenised at rollout time
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        # The loss is a mean over the micro-batch; let Trainer divide it by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+
+    @staticmethod
+    def _prepare_peft_model(model: PreTrainedModel | PeftModel, peft_config: PeftConfig | None) -> PeftModel:
+        """Wrap ``model`` with ``peft_config``, or make only the active adapter of a ``PeftModel`` trainable."""
+        if isinstance(model, PeftModel):
+            if peft_config is not None:
+                raise ValueError(
+                    "Got a PeftModel and a peft_config: pass either a base model with peft_config, or a PeftModel "
+                    "whose active adapter should be trained."
+                )
+            active = model.active_adapter
+            model.set_adapter(active)  # marks the active adapter trainable, also when loaded for inference
+            for name in model.peft_config:
+                if name != active:
+                    model.set_requires_grad(name, requires_grad=False)
+            return model
+        if peft_config is None:
+            raise ValueError(
+                "SVFTrainer trains a PEFT adapter: pass peft_config (for example peft_svf.SVFConfig()) or a PeftModel."
+            )
+        return get_peft_model(model, peft_config)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # Rollouts read `prompt`; with remove_unused_columns=True only that column is kept.
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt"]
+
+    # ----------------------------------------------------------------------------------------- rollouts
+
+    @contextmanager
+    def _adapter_merged(self) -> Iterator[PeftModel]:
+        """Merge the current adapter into the weights for generation (base-model speed), unmerge after."""
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        model.merge_adapter()
+        try:
+            yield model
+        finally:
+            model.unmerge_adapter()
+            model.train(was_training)
+
+    def _generate(self, rows: list[dict[str, Any]], num_generations: int, sample: bool) -> dict[str, Any]:
+        """Complete every prompt ``num_generations`` times: seeded sampling for training, greedy for eval."""
+        rows = [row for row in rows for _ in range(num_generations)]
+        prompts = [row["prompt"] for row in rows]
+        texts = [maybe_apply_chat_template({"prompt": p}, self.processing_class)["prompt"] for p in prompts]
+        conversational = is_conversational({"prompt": prompts[0]})
+        encoded = self.processing_class(
+            text=texts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=not conversational,  # a chat template already writes its special tokens
+        )
+        prompt_ids, prompt_mask = encoded["input_ids"], encoded["attention_mask"]
+        if self.args.max_prompt_length is not None:
+            prompt_ids = prompt_ids[:, -self.args.max_prompt_length :]
+            prompt_mask = prompt_mask[:, -self.args.max_prompt_length :]
+        device = self.accelerator.device
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+
+        generation_config = GenerationConfig(
+            max_new_tokens=self.args.max_completion_length,
+            do_sample=False,
+            pad_token_id=self.processing_class.pad_token_id,
+            eos_token_id=self.eos_token_ids,
+        )
+        processors = None
+        if sample:
+            seeds = [
+                sample_key(self.args.seed, self.state.global_step, text, i % num_generations)
+                for i, text in enumerate(texts)
+            ]
+            processors = seeded_sampling_processors(
+                seeds, self.args.temperature, self.args.top_k, self.args.top_p
+            )
+        with torch.no_grad(), self._adapter_merged() as model:
+            output = model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                generation_config=generation_config,
+                logits_processor=processors,
+            )
+        completion_ids = output[:, prompt_ids.size(1) :]
+        mask = completion_mask(completion_ids, self.eos_token_ids)
+        id_lists = [ids[m.bool()].tolist() for ids, m in zip(completion_ids, mask, strict=True)]
+        decoded = self.processing_class.batch_decode(id_lists, skip_special_tokens=True)
+        completions: list[Any] = (
+            [[{"role": "assistant", "content": text}] for text in decoded] if conversational else decoded
+        )
+        extra_columns = [key for key in rows[0] if key != "prompt"]
+        reward_kwargs = {key: [row[key] for row in rows] for key in extra_columns}
+        reward_kwargs["trainer_state"] = self.state
+        rewards = score_completions(self.reward_funcs, prompts, completions, id_lists, reward_kwargs).to(
+            device
+        )
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": mask,
+            "rewards_per_func": rewards,
+            "rewards": (rewards * self.reward_weights.to(device)).sum(dim=1),
+        }
+
+    def _prepare_inputs(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Turn a batch of dataset rows into a scored, advantage-weighted rollout (the RL 'batch')."""
+        start = time.perf_counter()
+        rollout = self._generate(inputs, self.args.num_generations, sample=True)
+        # The baseline spans the global micro-batch, so N processes see the same advantages as one.
+        rewards = self.accelerator.gather(rollout["rewards"])
+        clipped = (
+            rewards
+            if self.args.reward_clip is None
+            else rewards.clamp(-self.args.reward_clip, self.args.reward_clip)
+        )
+        advantages = compute_advantages(
+            clipped, self.args.num_generations, self.args.advantage_baseline, self.args.scale_advantages
+        )
+        local = rollout["rewards"].numel()
+        offset = self.accelerator.process_index * local
+        metrics = self._metrics["train"]
+        metrics["reward"].append(rewards.mean().item())
+        metrics["reward_std"].append(rewards.std().item() if rewards.numel() > 1 else 0.0)
+        metrics["accuracy"].append((rewards > 0).float().mean().item())
+        per_func = self.accelerator.gather(rollout["rewards_per_func"]).mean(dim=0)
+        for name, value in zip(self.reward_func_names, per_func.tolist(), strict=True):
+            metrics[f"rewards/{name}/mean"].append(value)
+        lengths = self.accelerator.gather(rollout["completion_mask"].sum(dim=1)).float()
+        metrics["completions/mean_length"].append(lengths.mean().item())
+        self._timers["rollout_time"] += time.perf_counter() - start
+        return {
+            "prompt_ids": rollout["prompt_ids"],
+            "prompt_mask": rollout["prompt_mask"],
+            "completion_ids": rollout["completion_ids"],
+            "completion_mask": rollout["completion_mask"],
+            "advantages": advantages[offset : offset + local],
+        }
+
+    # ----------------------------------------------------------------------------------------- loss
+
+    def _completion_logps(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Log-softmax over the vocabulary at every completion position, shape (batch, completion, vocab)."""
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = logits[:, inputs["prompt_ids"].size(1) - 1 : -1, :].float() / self.args.temperature
+        return torch.log_softmax(logits, dim=-1)
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """``-mean_i[A_i · log π(y_i|x_i)] + kl_coef · mean_i KL_i``, both aggregated per ``loss_aggregation``."""
+        if return_outputs:
+            raise ValueError("SVFTrainer.compute_loss has no model outputs to return.")
+        logps = self._completion_logps(model, inputs)
+        token_logps = logps.gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
+
+        start = time.perf_counter()
+        with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+            base_logps = self._completion_logps(self.accelerator.unwrap_model(model), inputs)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.args.kl_coef != 0):
+            kl = token_kl(logps, base_logps)
+        self._timers["kl_time"] += time.perf_counter() - start
+
+        mask = inputs["completion_mask"].float()
+        aggregation = self.args.loss_aggregation
+        policy_term = -(inputs["advantages"] * aggregate_per_sequence(token_logps, mask, aggregation)).mean()
+        loss = policy_term + self.args.kl_coef * aggregate_per_sequence(kl, mask, aggregation).mean()
+
+        kl_sum = self.accelerator.gather((kl.detach() * mask).sum().reshape(1)).sum()
+        token_count = self.accelerator.gather(mask.sum().reshape(1)).sum()
+        self._metrics["train"]["kl"].append((kl_sum / token_count.clamp(min=1)).item())
+        return loss
+
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        inputs: list[dict[str, Any]],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """Trainer's step plus timing: per optimizer step, rollout vs update (forward, KL, backward) seconds."""
+        start = time.perf_counter()
+        rollout_before = self._timers["rollout_time"]
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._timers["update_time"] += (
+            time.perf_counter() - start - (self._timers["rollout_time"] - rollout_before)
+        )
+        self._micro_steps += 1
+        if self._micro_steps % self.current_gradient_accumulation_steps == 0:
+            for key in _TIMERS:
+                self._metrics["train"][key].append(self._timers[key])
+            self._timers = dict.fromkeys(_TIMERS, 0.0)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the rollout metrics gathered since the last log, averaged, to Trainer's training logs."""
+        if self.model.training:
+            for key, values in self._metrics["train"].items():
+                if values:
+                    logs[key] = sum(values) / len(values)
+            self._metrics["train"].clear()
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------------- evaluation
+
+    def evaluate(
+        self,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Greedy completions on the eval set; ``accuracy`` is the share of completions with reward > 0."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(dataset, dict):
+            metrics: dict[str, float] = {}
+            for name, split in dataset.items():
+                metrics.update(self.evaluate(split, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        start = time.time()
+        self.model.eval()
+        rewards, lengths = [], []
+        for rows in self.get_eval_dataloader(dataset):
+            rollout = self._generate(rows, num_generations=1, sample=False)
+            rewards.append(self.accelerator.gather_for_metrics(rollout["rewards"]))
+            lengths.append(self.accelerator.gather_for_metrics(rollout["completion_mask"].sum(dim=1)))
+        all_rewards, all_lengths = torch.cat(rewards), torch.cat(lengths).float()
+        metrics = {
+            f"{metric_key_prefix}_accuracy": (all_rewards > 0).float().mean().item(),
+            f"{metric_key_prefix}_reward": all_rewards.mean().item(),
+            f"{metric_key_prefix}_completion_length": all_lengths.mean().item(),
+            f"{metric_key_prefix}_samples": float(all_rewards.numel()),
+            f"{metric_key_prefix}_runtime": round(time.time() - start, 4),
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
