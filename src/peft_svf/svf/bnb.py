@@ -39,7 +39,9 @@ class _QuantizedSVFLayer(nn.Module, SVFLayer):
         return dtype if dtype is not None and dtype.is_floating_point else torch.float32
 
     def _free_base_weight(self) -> None:
-        warnings.warn("keep_base_weight=False does not apply to quantised layers; keeping the quantised weight.")
+        warnings.warn(
+            "keep_base_weight=False does not apply to quantised layers; keeping the quantised weight."
+        )
 
     def _forward_with_dense_change(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         return self.get_base_layer()(x) + F.linear(x.to(delta.dtype), delta).to(x.dtype)

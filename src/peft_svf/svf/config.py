@@ -91,7 +91,9 @@ class SVFConfig(PeftConfig):
         if isinstance(self.exclude_modules, list):
             self.exclude_modules = set(self.exclude_modules)
         if self.parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
+            raise ValueError(
+                f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}"
+            )
         if self.forward_mode not in FORWARD_MODES:
             raise ValueError(f"forward_mode must be one of {FORWARD_MODES}, got {self.forward_mode!r}")
         if self.svd_dtype not in SVD_DTYPES:

@@ -83,7 +83,10 @@ def _write_cached(path: Path, factors: SVDFactors) -> None:
 
 
 def decompose(
-    matrix: torch.Tensor, svd_dtype: str = "float32", cache_dir: str | os.PathLike | None = None, use_cache: bool = True
+    matrix: torch.Tensor,
+    svd_dtype: str = "float32",
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
 ) -> SVDFactors:
     """SVD of ``matrix`` (out_features x in_features), from the disk cache when it holds this exact matrix."""
     if not use_cache:

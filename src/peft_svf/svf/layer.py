@@ -113,7 +113,9 @@ class SVFLayer(BaseTunerLayer):
         """Decompose once per layer; later adapters reuse the factors (an expert adds only its vector)."""
         matrix = self.dense_weight().detach()
         factors = decompose(matrix, config.svd_dtype, config.svd_cache_dir, config.svd_cache)
-        factors_dtype = getattr(torch, config.factors_dtype) if config.factors_dtype else self._compute_dtype()
+        factors_dtype = (
+            getattr(torch, config.factors_dtype) if config.factors_dtype else self._compute_dtype()
+        )
         if not factors_dtype.is_floating_point:
             factors_dtype = torch.float32
         # Non-persistent: the factors are derived from the base weight, never saved with the adapter.
@@ -127,10 +129,14 @@ class SVFLayer(BaseTunerLayer):
     def _free_base_weight(self) -> None:
         base = self.get_base_layer()
         if type(base) not in (nn.Linear, Conv1D):
-            warnings.warn("keep_base_weight=False only applies to dense layers; keeping the quantised weight.")
+            warnings.warn(
+                "keep_base_weight=False only applies to dense layers; keeping the quantised weight."
+            )
             return
         weight = base.weight
-        base.weight = nn.Parameter(torch.empty(0, dtype=weight.dtype, device=weight.device), requires_grad=False)
+        base.weight = nn.Parameter(
+            torch.empty(0, dtype=weight.dtype, device=weight.device), requires_grad=False
+        )
         self.frees_base_weight = True
 
     def _write_composed_weight(self, singular_values: torch.Tensor) -> None:
@@ -175,7 +181,9 @@ class SVFLayer(BaseTunerLayer):
             else:
                 merged = self.dense_weight_for_merge() + self.get_delta_weight(name).to(self._merge_dtype())
             if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {name!r} seems to be broken.")
+                raise ValueError(
+                    f"NaNs detected in the merged weights. The adapter {name!r} seems to be broken."
+                )
             if self.frees_base_weight:
                 self._write_composed_weight(self.adapted_singular_values([*self.merged_adapters, name]))
             else:

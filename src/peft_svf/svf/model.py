@@ -15,7 +15,19 @@ _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 # Attention + MLP projections per architecture: the paper's Table 4 finds adapting both best.
 TRANSFORMERS_MODELS_TO_SVF_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
     **dict.fromkeys(
-        ["llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2"],
+        [
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "phi3",
+            "olmo",
+            "olmo2",
+        ],
         _LLAMA_LIKE,
     ),
     "gpt2": ["c_attn", "c_proj", "c_fc"],
@@ -73,9 +85,13 @@ class SVFModel(BaseTuner):
         return remapped
 
 
-def check_adapter_state_dict(model: nn.Module, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
+def check_adapter_state_dict(
+    model: nn.Module, adapter_name: str, state_dict: dict[str, torch.Tensor]
+) -> None:
     """Refuse vectors that cannot belong to this base, before anything is copied into the model."""
-    own = {k: v for k, v in model.state_dict().items() if ".svf_vector." in k and k.endswith(f".{adapter_name}")}
+    own = {
+        k: v for k, v in model.state_dict().items() if ".svf_vector." in k and k.endswith(f".{adapter_name}")
+    }
     problems = []
     for key, value in state_dict.items():
         if ".svf_vector." not in key:
@@ -89,10 +105,14 @@ def check_adapter_state_dict(model: nn.Module, adapter_name: str, state_dict: di
                 f"weight needs {tuple(own[key].shape)}"
             )
         elif not torch.isfinite(value).all():
-            problems.append(f"{module!r}: the adapter's vector holds NaN or infinite values (corrupted file?)")
+            problems.append(
+                f"{module!r}: the adapter's vector holds NaN or infinite values (corrupted file?)"
+            )
     missing = sorted(set(own) - set(state_dict))
     if missing and len(missing) == len(own):
-        problems.append("the adapter file holds no SVF vector for any adapted module (wrong or corrupted file?)")
+        problems.append(
+            "the adapter file holds no SVF vector for any adapted module (wrong or corrupted file?)"
+        )
     if problems:
         shown = "\n  - ".join(problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""

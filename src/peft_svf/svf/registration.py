@@ -37,4 +37,6 @@ def register_svf() -> None:
 
     if PEFT_TYPE_TO_TUNER_MAPPING.get(SVF_PEFT_TYPE) is SVFModel:
         return
-    register_peft_method(name=SVF_NAME.lower(), config_cls=SVFConfig, model_cls=SVFModel, prefix=SVFModel.prefix)
+    register_peft_method(
+        name=SVF_NAME.lower(), config_cls=SVFConfig, model_cls=SVFModel, prefix=SVFModel.prefix
+    )

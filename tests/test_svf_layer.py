@@ -1,0 +1,108 @@
+"""SVF layer maths against independent dense computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import get_peft_model
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from peft_svf import SVFConfig
+from peft_svf.svf.layer import prefer_recompose
+
+
+class TwoLinear(nn.Module):
+    def __init__(self, conv1d: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        if conv1d:
+            self.proj = Conv1D(7, 5)  # in 5, out 7, weight stored (5, 7)
+            nn.init.normal_(self.proj.weight)
+            nn.init.normal_(self.proj.bias)
+        else:
+            self.proj = nn.Linear(5, 7)
+        self.other = nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.other(self.proj(x))
+
+
+def dense_weight_of(module: nn.Module) -> torch.Tensor:
+    return module.weight.T if isinstance(module, Conv1D) else module.weight
+
+
+def expected_adapted_weight(
+    weight: torch.Tensor, vector: torch.Tensor, parameterization: str
+) -> torch.Tensor:
+    """Paper section 3.2 and the authors' code, written out in float64 from a fresh SVD."""
+    U, s, Vh = torch.linalg.svd(weight.double(), full_matrices=False)
+    v = vector.double()
+    if parameterization == "scale":
+        s_new = s * v
+    else:
+        mask = torch.sigmoid(v)
+        s_new = s * mask * (s.sum() / (s * mask).sum())
+    return U @ torch.diag(s_new) @ Vh
+
+
+@pytest.mark.parametrize("conv1d", [False, True])
+@pytest.mark.parametrize("parameterization", ["official", "scale"])
+@pytest.mark.parametrize("mode", ["recompose", "factored"])
+def test_layer_output_equals_dense_reconstruction(conv1d, parameterization, mode):
+    model = TwoLinear(conv1d)
+    weight = dense_weight_of(model.proj).detach().clone()
+    bias = model.proj.bias.detach().clone()
+    peft_model = get_peft_model(
+        model, SVFConfig(target_modules=["proj"], parameterization=parameterization, forward_mode=mode)
+    )
+    layer = peft_model.base_model.model.proj
+    vector = torch.randn(5, generator=torch.Generator().manual_seed(3)) + (
+        1.0 if parameterization == "scale" else 0
+    )
+    with torch.no_grad():
+        layer.svf_vector["default"].copy_(vector)
+    x = torch.randn(4, 5, dtype=torch.float32)
+    expected = x.double() @ expected_adapted_weight(weight, vector, parameterization).T + bias.double()
+    torch.testing.assert_close(layer(x).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_mode_agrees_with_both_explicit_modes():
+    outputs = {}
+    for mode in ("auto", "recompose", "factored"):
+        model = TwoLinear()
+        peft_model = get_peft_model(model, SVFConfig(target_modules=["proj"], forward_mode=mode))
+        with torch.no_grad():
+            peft_model.base_model.model.proj.svf_vector["default"].copy_(torch.linspace(-1, 1, 5))
+        outputs[mode] = peft_model(torch.ones(3, 5))
+    torch.testing.assert_close(outputs["auto"], outputs["recompose"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs["auto"], outputs["factored"], atol=1e-5, rtol=1e-5)
+
+
+def test_cost_model_prefers_factored_for_few_tokens_and_recompose_for_many():
+    assert not prefer_recompose(tokens=1, out_features=576, in_features=576, rank=576, needs_grad=False)
+    assert prefer_recompose(tokens=4096, out_features=576, in_features=576, rank=576, needs_grad=False)
+    assert not prefer_recompose(tokens=64, out_features=576, in_features=576, rank=576, needs_grad=True)
+    assert prefer_recompose(tokens=4096, out_features=576, in_features=576, rank=576, needs_grad=True)
+
+
+def test_stacked_adapters_add_their_singular_value_changes():
+    model = TwoLinear()
+    weight = model.proj.weight.detach().clone()
+    peft_model = get_peft_model(model, SVFConfig(target_modules=["proj"], parameterization="scale"))
+    peft_model.add_adapter("second", SVFConfig(target_modules=["proj"], parameterization="scale"))
+    layer = peft_model.base_model.model.proj
+    z1, z2 = torch.tensor([1.5, 0.5, 1.0, 2.0, 0.1]), torch.tensor([0.9, 1.2, 0.3, 1.0, 1.0])
+    with torch.no_grad():
+        layer.svf_vector["default"].copy_(z1)
+        layer.svf_vector["second"].copy_(z2)
+    peft_model.base_model.set_adapter(["default", "second"])
+    # s' = s + s(z1 - 1) + s(z2 - 1) = s (z1 + z2 - 1)
+    expected = expected_adapted_weight(weight, z1 + z2 - 1, "scale")
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(
+        layer(x).double(), x.double() @ expected.T + model.proj.bias.double(), atol=1e-5, rtol=1e-5
+    )
+    # Merging one after the other gives the weight that both give together.
+    peft_model.merge_adapter(["default", "second"])
+    torch.testing.assert_close(layer.get_base_layer().weight.double(), expected, atol=1e-5, rtol=1e-5)
