@@ -67,12 +67,11 @@ class SVFTrainer(Trainer):
             model = AutoModelForCausalLM.from_pretrained(model_id, **(args.model_init_kwargs or {}))
             if processing_class is None:
                 processing_class = AutoTokenizer.from_pretrained(model_id)
+        model = self._prepare_peft_model(model, peft_config)
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
-
-        model = self._prepare_peft_model(model, peft_config)
         model.config.pad_token_id = processing_class.pad_token_id
         model.generation_config.pad_token_id = processing_class.pad_token_id
         # Every EOS the model declares (e.g. an end-of-turn token) ends a completion, not only the tokenizer's.
