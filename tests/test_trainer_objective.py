@@ -1,0 +1,175 @@
+"""Unit tests of the objective's pieces: masks, advantages, aggregation, KL, seeded sampling, reward checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig
+
+from peft_svf.trainer import SVFTrainingConfig, score_completions
+from peft_svf.trainer.objective import aggregate_per_sequence, completion_mask, compute_advantages, token_kl
+from peft_svf.trainer.sampling import GumbelNoiseProcessor, sample_key, seeded_sampling_processors
+from test_trainer_fixtures import tiny_llama, tiny_tokenizer
+
+EOS = 0  # also the pad token, as in SmolLM2
+
+
+def test_completion_mask_keeps_the_first_eos_and_drops_the_padding_after_it():
+    ids = torch.tensor([[5, 6, EOS, EOS, EOS], [EOS, EOS, EOS, EOS, EOS], [5, 6, 7, 8, 9], [5, 9, 7, EOS, 3]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    assert torch.equal(completion_mask(ids, [EOS]), expected)
+
+
+def test_completion_mask_stops_at_any_declared_eos():
+    ids = torch.tensor([[5, 42, 6, EOS]])
+    assert torch.equal(completion_mask(ids, [EOS, 42]), torch.tensor([[1, 1, 0, 0]]))
+
+
+def test_advantage_baselines():
+    rewards = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+    assert torch.equal(compute_advantages(rewards, 3, "none", scale=False), rewards)
+    torch.testing.assert_close(compute_advantages(rewards, 1, "batch_mean", scale=False), rewards - 1 / 3)
+    group = compute_advantages(rewards, 3, "group_mean", scale=False)
+    torch.testing.assert_close(group, torch.tensor([4 / 3, -2 / 3, -2 / 3, 0.0, 0.0, 0.0]))
+    loo = compute_advantages(rewards, 3, "leave_one_out", scale=False)
+    torch.testing.assert_close(loo, torch.tensor([2.0, -1.0, -1.0, 0.0, 0.0, 0.0]))
+    z = compute_advantages(rewards, 1, "batch_mean", scale=True)
+    torch.testing.assert_close(z.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(z.std(), torch.tensor(1.0), atol=1e-4, rtol=0)
+    # All rewards equal: nothing to learn from, and no division by a zero std.
+    assert torch.equal(compute_advantages(torch.ones(4), 1, "batch_mean", scale=True), torch.zeros(4))
+
+
+def test_aggregation_sums_or_averages_over_the_completion_only():
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]]).float()
+    assert torch.equal(aggregate_per_sequence(values, mask, "sequence_sum"), torch.tensor([3.0, 15.0]))
+    assert torch.equal(aggregate_per_sequence(values, mask, "token_mean"), torch.tensor([1.5, 5.0]))
+
+
+def test_token_kl_is_the_exact_kl_of_the_adapted_from_the_base_distribution():
+    torch.manual_seed(0)
+    logps = torch.log_softmax(torch.randn(2, 3, 11), dim=-1)
+    base = torch.log_softmax(torch.randn(2, 3, 11), dim=-1)
+    expected = F.kl_div(base, logps, log_target=True, reduction="none").sum(-1)  # KL(p || base)
+    torch.testing.assert_close(token_kl(logps, base), expected)
+    torch.testing.assert_close(token_kl(logps, logps), torch.zeros(2, 3))
+
+
+def test_gumbel_noise_samples_the_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    counts = torch.zeros(4)
+    processor = GumbelNoiseProcessor([123])
+    for _ in range(4000):
+        counts[processor(None, logits.clone()).argmax()] += 1
+    torch.testing.assert_close(counts / 4000, logits.softmax(-1)[0], atol=0.03, rtol=0)
+
+
+def test_seeded_sampling_does_not_depend_on_batch_partners():
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(len(tokenizer))
+    prompts = ["abcdef", "hgfedc", "aabbcc", "ddeeff"]
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=EOS, eos_token_id=EOS)
+
+    def sample(batch: list[str]) -> list[list[int]]:
+        ids = tokenizer(batch, return_tensors="pt")["input_ids"]
+        processors = seeded_sampling_processors([sample_key(0, 1, p) for p in batch], 1.0, 0, 1.0)
+        out = model.generate(input_ids=ids, generation_config=config, logits_processor=processors)
+        return completion_mask(out[:, ids.size(1) :], [EOS]).mul(out[:, ids.size(1) :]).tolist()
+
+    together = sample(prompts)
+    alone = [sample([p])[0] for p in prompts]
+    reversed_batch = sample(prompts[::-1])[::-1]
+    trim = [[t for t in row if t] for row in together]
+    assert (
+        trim == [[t for t in row if t] for row in alone] == [[t for t in row if t] for row in reversed_batch]
+    )
+    assert len({tuple(row) for row in trim}) > 1
+    # Another step (another key) gives other samples.
+    ids = tokenizer(prompts, return_tensors="pt")["input_ids"]
+    other = model.generate(
+        input_ids=ids,
+        generation_config=config,
+        logits_processor=seeded_sampling_processors([sample_key(0, 2, p) for p in prompts], 1.0, 0, 1.0),
+    )[:, ids.size(1) :]
+    assert completion_mask(other, [EOS]).mul(other).tolist() != together
+
+
+def test_top_k_restricts_the_seeded_samples():
+    logits = torch.tensor([[5.0, 4.0, 0.0, 0.0, 0.0]])
+    processors = seeded_sampling_processors(list(range(200)), temperature=3.0, top_k=2, top_p=1.0)
+    picks = processors(None, logits.repeat(200, 1)).argmax(-1)
+    assert set(picks.tolist()) == {0, 1}
+
+
+def _prompts_and_completions(n: int) -> tuple[list[str], list[str]]:
+    return [f"q{i}" for i in range(n)], [f"a{i}" for i in range(n)]
+
+
+def test_rewards_are_summed_per_function_with_columns_as_kwargs():
+    prompts, completions = _prompts_and_completions(3)
+
+    def length(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    def matches(completions, answer, **kwargs):
+        return [1.0 if c == a else -1.0 for c, a in zip(completions, answer, strict=True)]
+
+    rewards = score_completions(
+        [length, matches], prompts, completions, [[1]] * 3, {"answer": ["a0", "x", "a2"]}
+    )
+    assert rewards.tolist() == [[2.0, 1.0], [2.0, -1.0], [2.0, 1.0]]
+
+
+def test_a_reward_function_that_raises_is_named_with_the_failing_sample():
+    prompts, completions = _prompts_and_completions(4)
+
+    def fragile(completions, **kwargs):
+        return [1.0 / (c != "a2") for c in completions]
+
+    with pytest.raises(RuntimeError, match=r"'fragile' raised .*ZeroDivisionError.*sample 2 .*'q2'.*'a2'"):
+        score_completions([fragile], prompts, completions, [[1]] * 4, {})
+
+
+@pytest.mark.parametrize("bad", [math.nan, None, math.inf])
+def test_a_missing_or_nan_reward_is_named_with_the_sample(bad):
+    prompts, completions = _prompts_and_completions(3)
+
+    def holes(completions, **kwargs):
+        return [1.0, bad, 1.0]
+
+    with pytest.raises(
+        ValueError, match=r"'holes' returned .* for sample 1 \(prompt='q1', completion='a1'\)"
+    ):
+        score_completions([holes], prompts, completions, [[1]] * 3, {})
+
+
+def test_a_wrong_number_of_rewards_is_an_error():
+    prompts, completions = _prompts_and_completions(3)
+
+    def short(completions, **kwargs):
+        return [1.0]
+
+    with pytest.raises(ValueError, match="'short' returned 1 rewards for 3 completions"):
+        score_completions([short], prompts, completions, [[1]] * 3, {})
+
+
+def test_config_defaults_follow_the_paper(tmp_path):
+    args = SVFTrainingConfig(str(tmp_path), report_to=[])
+    assert args.learning_rate == 2e-3
+    assert args.lr_scheduler_type.value == "cosine"
+    assert args.max_grad_norm == 1e-3
+    assert args.optim.value.startswith("adamw")
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 256
+    assert args.loss_aggregation == "sequence_sum"
+    assert (
+        args.metric_for_best_model == "accuracy" and args.greater_is_better is None
+    ) or args.greater_is_better
+
+
+def test_config_rejects_group_baselines_without_several_generations(tmp_path):
+    with pytest.raises(ValueError, match="num_generations >= 2"):
+        SVFTrainingConfig(str(tmp_path), advantage_baseline="leave_one_out", num_generations=1, report_to=[])
