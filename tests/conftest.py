@@ -6,10 +6,19 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session")
+def embedded_svd_cache(tmp_path_factory):
+    """One SVD cache for all tests of the real embedded model: its 210 decompositions take a while."""
+    return tmp_path_factory.mktemp("embedded_svd_cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_svd_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own SVD cache, so cache hits are only the ones a test makes."""
-    directory = tmp_path_factory.mktemp("svd_cache")
+def isolated_svd_cache(request, tmp_path_factory, monkeypatch):
+    """Every tiny-model test gets its own SVD cache, so cache hits are only the ones a test makes."""
+    if request.node.get_closest_marker("embedded"):
+        directory = request.getfixturevalue("embedded_svd_cache")
+    else:
+        directory = tmp_path_factory.mktemp("svd_cache")
     monkeypatch.setattr("peft_svf.svf.decomposition.default_svd_cache_dir", lambda: directory)
     return directory
 

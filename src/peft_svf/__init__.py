@@ -4,8 +4,15 @@ Importing the package registers the "SVF" PEFT method, after which PEFT's own en
 (``get_peft_model``, ``PeftModel.from_pretrained``, ``AutoPeftModelForCausalLM``...) handle SVF adapters.
 """
 
-from .svf import SVF_PEFT_TYPE, SVFConfig, SVFModel
+from .svf import SVF_PEFT_TYPE, SVFConfig, SVFModel, convert_official, count_svf_parameters
 
 __version__ = "0.1.0"
 
-__all__ = ["SVF_PEFT_TYPE", "SVFConfig", "SVFModel", "__version__"]
+__all__ = [
+    "SVF_PEFT_TYPE",
+    "SVFConfig",
+    "SVFModel",
+    "__version__",
+    "convert_official",
+    "count_svf_parameters",
+]
