@@ -1,0 +1,180 @@
+"""Answer extraction and normalisation: the part of a reward that decides what the model *said*.
+
+Small models wrap answers in prose, units, currency, LaTeX and thousands separators; a reward that
+misreads those punishes correct answers and teaches the policy noise. Everything here is pure
+string processing so that it can be tested exhaustively without a model.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+# A number: optional sign (ASCII or Unicode minus), thousands groups or plain digits, optional decimals.
+_NUMBER_RE = re.compile(r"(?<![\w.])[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])|(?<![\w.])[-−]?\.\d+")
+
+
+def parse_number(text: str) -> Fraction | None:
+    """Exact value of a number written as ``-1,234.50``, ``3/4``, ``\\frac{3}{4}`` or ``50%``; None if not one.
+
+    Exact fractions (not floats) so that ``0.1 + 0.2``-style rounding never decides a reward.
+    """
+    s = text.strip().replace("−", "-").replace("$", "").replace(",", "").replace(" ", "")
+    s = s.removesuffix(".").removesuffix("\\%").removesuffix("%")
+    frac = re.fullmatch(r"(-?)\\[dt]?frac\{?(-?\d+)\}?\{?(-?\d+)\}?", s)
+    if frac:
+        sign, num, den = frac.groups()
+        if int(den) == 0:
+            return None
+        value = Fraction(int(num), int(den))
+        return -value if sign else value
+    slash = re.fullmatch(r"(-?\d+)/(-?\d+)", s)
+    if slash:
+        return None if int(slash.group(2)) == 0 else Fraction(int(slash.group(1)), int(slash.group(2)))
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def find_numbers(text: str) -> list[Fraction]:
+    """All numbers in free text, in order, with commas as thousands separators (``1,234`` is one number)."""
+    values = []
+    for match in _NUMBER_RE.finditer(text):
+        value = parse_number(match.group(0))
+        if value is not None:
+            values.append(value)
+    return values
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), honouring nested braces; None if absent."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        # "\boxed 5" form
+        rest = text[start:].split(None, 1)
+        return rest[1].split("$")[0].strip() if len(rest) == 2 else None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    return None  # unbalanced: the model stopped mid-answer
+
+
+def extract_numeric_answer(text: str, position: str = "last") -> Fraction | None:
+    """The model's numeric answer: an explicit ``####`` or ``\\boxed{}`` answer wins, else the first/last number.
+
+    ``position="last"`` suits chain-of-thought answers (GSM8K); ``"first"`` suits "answer with just
+    the number" prompts where a small model states the answer and then rambles on.
+    """
+    if "####" in text:
+        numbers = find_numbers(text.split("####")[-1])
+        if numbers:
+            return numbers[0]
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        value = parse_number(boxed)
+        if value is None:
+            numbers = find_numbers(boxed)
+            value = numbers[-1] if numbers else None
+        if value is not None:
+            return value
+    numbers = find_numbers(text)
+    if not numbers:
+        return None
+    return numbers[0] if position == "first" else numbers[-1]
+
+
+def extract_gsm8k_gold(answer: str) -> Fraction:
+    """The reference number of a GSM8K ``answer`` field (the text after ``####``)."""
+    value = parse_number(answer.split("####")[-1])
+    if value is None:
+        raise ValueError(f"GSM8K answer has no number after '####': {answer!r}")
+    return value
+
+
+def _strip_text_commands(s: str) -> str:
+    # \text{ cm} / \mbox{...}: units and words around a MATH answer; keep the content only when it is all there is.
+    inner = re.sub(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}", r"\1", s)
+    without = re.sub(r"\\(?:text|textbf|mbox|mathrm)\{[^{}]*\}", "", s)
+    return without if without.strip() else inner
+
+
+def _fix_fracs(s: str) -> str:
+    # \frac12 -> \frac{1}{2}, \frac1{2} -> \frac{1}{2}
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
+    return re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+
+
+def normalize_math_answer(answer: str) -> str:
+    """Canonical string form of a MATH answer, so that equivalent spellings compare equal.
+
+    Applied to both the reference and the prediction: removes ``$``, spacing commands,
+    ``\\left``/``\\right``, degrees, units in ``\\text{}``, ``x =`` prefixes and trailing dots, and
+    unifies ``\\dfrac``/``\\tfrac``/``\\frac`` and ``a/b``.
+    """
+    s = answer.strip()
+    s = s.replace("\n", "").replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\ ", "")
+    s = s.replace("$", "").replace("\\left", "").replace("\\right", "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\circ", "").replace("°", "")
+    s = s.replace("\\%", "").replace("%", "")
+    s = _strip_text_commands(s)
+    s = re.sub(r"^[a-zA-Z]\s*=\s*", "", s)  # "x = 5" -> "5"
+    s = s.replace(" ", "").rstrip(".")
+    s = _fix_fracs(s)
+    s = re.sub(r"^(-?\d+)/(\d+)$", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"(?<![\d])\.(\d)", r"0.\1", s)  # ".5" -> "0.5"
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
+        s = s.replace(",", "")
+    return s
+
+
+def math_answers_equal(prediction: str | None, reference: str) -> bool:
+    """Whether two MATH answers agree after normalisation, or as exact numbers when both are numeric."""
+    if prediction is None:
+        return False
+    a, b = normalize_math_answer(prediction), normalize_math_answer(reference)
+    if a == b:
+        return True
+    x, y = parse_number(a), parse_number(b)
+    return x is not None and x == y
+
+
+def extract_choice(text: str, labels: list[str]) -> str | None:
+    """The option label the model chose: ``\\boxed{B}``, "answer is B", "(B)", "B." or a lone "B".
+
+    Only labels offered by the question count; the earliest clear statement wins, since small
+    models name an answer and then discuss the other options.
+    """
+    boxed = extract_boxed(text)
+    if boxed is not None and boxed.strip().strip("()").upper() in labels:
+        return boxed.strip().strip("()").upper()
+    alternatives = "|".join(re.escape(label) for label in labels)
+    patterns = [
+        rf"(?i:answer)\s*(?:(?i:is)|:)?\s*[:\s]*\(?({alternatives})\b",
+        rf"^\s*\(?({alternatives})\)?(?:[.:)\s]|$)",
+        rf"\(({alternatives})\)",
+        rf"\b(?i:option|choice)\s*\(?({alternatives})\b",
+    ]
+    for pattern in patterns:
+        match = re.search(pattern, text, flags=re.MULTILINE)
+        if match:
+            return match.group(1)
+    return None
+
+
+def extract_code(text: str) -> str:
+    """The Python program in a completion: the fenced blocks joined, or the whole text if there are none."""
+    blocks = re.findall(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", text, flags=re.DOTALL)
+    if blocks:
+        return "\n".join(block.rstrip() for block in blocks) + "\n"
+    return text

@@ -1,0 +1,184 @@
+"""TRL-style reward functions (+1 correct, -1 otherwise, as in the paper) and a checked way to call them.
+
+Every reward here has TRL's signature ``reward(completions, **columns) -> list[float]``: ``completions``
+are strings or conversational lists of messages, and each dataset column arrives as a list with
+one value per completion. So they work unchanged in ``trl.GRPOTrainer`` and in peft-svf's trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .extract import (
+    extract_boxed,
+    extract_choice,
+    extract_code,
+    extract_numeric_answer,
+    math_answers_equal,
+    parse_number,
+)
+from .sandbox import SandboxLimits, run_programs
+
+RewardFunc = Callable[..., list[float]]
+
+CORRECT, WRONG = 1.0, -1.0
+
+
+def completion_text(completion: str | Sequence[dict[str, Any]]) -> str:
+    """The generated text of a completion, whether TRL passed a string or a list of chat messages."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(str(m.get("content") or "") for m in completion if m.get("role", "assistant") == "assistant")
+
+
+def _score(ok: bool) -> float:
+    return CORRECT if ok else WRONG
+
+
+def _named(name: str, func: RewardFunc) -> RewardFunc:
+    # TRL names reward columns after __name__; give each closure a readable one.
+    func.__name__ = func.__qualname__ = name
+    return func
+
+
+def numeric_reward(answer_column: str = "answer", position: str = "last", name: str = "numeric_reward") -> RewardFunc:
+    """Reward for a numeric answer (GSM8K-style ``#### 72`` references or plain numbers) compared exactly.
+
+    ``position`` picks the number when the model gives no ``####``/``\\boxed{}`` answer: ``"last"`` for
+    chain-of-thought, ``"first"`` for "answer with just the number" prompts.
+    """
+
+    def reward(completions: list, **columns: Any) -> list[float]:
+        scores = []
+        for completion, reference in zip(completions, columns[answer_column], strict=True):
+            ref = str(reference)
+            gold = parse_number(ref.split("####")[-1])
+            pred = extract_numeric_answer(completion_text(completion), position=position)
+            scores.append(_score(gold is not None and pred == gold))
+        return scores
+
+    return _named(name, reward)
+
+
+def math_reward(answer_column: str = "answer", name: str = "math_reward") -> RewardFunc:
+    """Reward for MATH: the last ``\\boxed{}`` of the completion against the reference, both normalised."""
+
+    def reward(completions: list, **columns: Any) -> list[float]:
+        return [
+            _score(math_answers_equal(extract_boxed(completion_text(c)), str(ref)))
+            for c, ref in zip(completions, columns[answer_column], strict=True)
+        ]
+
+    return _named(name, reward)
+
+
+def choice_reward(answer_column: str = "answer", labels_column: str = "choice_labels", name: str = "choice_reward") -> RewardFunc:
+    """Reward for multiple choice: the option letter the model chose against the answer key."""
+
+    def reward(completions: list, **columns: Any) -> list[float]:
+        return [
+            _score(extract_choice(completion_text(c), list(labels)) == str(ref))
+            for c, ref, labels in zip(completions, columns[answer_column], columns[labels_column], strict=True)
+        ]
+
+    return _named(name, reward)
+
+
+def code_reward(
+    build_program: Callable[[str, dict[str, Any]], str],
+    limits: SandboxLimits | None = None,
+    name: str = "code_reward",
+) -> RewardFunc:
+    """Reward for code: ``build_program(code, row)`` joins the model's code with the row's tests; it passes
+    when the program exits cleanly inside the sandbox (see :mod:`peft_svf.tasks.sandbox`)."""
+
+    def reward(completions: list, **columns: Any) -> list[float]:
+        keys = [k for k, v in columns.items()
+                if not isinstance(v, (str, bytes, dict)) and hasattr(v, "__len__") and len(v) == len(completions)]  # fmt: skip
+        programs = [
+            build_program(extract_code(completion_text(c)), {k: columns[k][i] for k in keys})
+            for i, c in enumerate(completions)
+        ]
+        return [_score(result.passed) for result in run_programs(programs, limits)]
+
+    return _named(name, reward)
+
+
+class RewardError(RuntimeError):
+    """A reward function misbehaved; the message names the function and the offending sample."""
+
+
+def reward_name(func: Callable[..., Any]) -> str:
+    """The name TRL would log a reward function under."""
+    return getattr(func, "__name__", None) or type(func).__name__
+
+
+def checked_reward_call(
+    func: RewardFunc,
+    completions: Sequence[Any],
+    prompts: Sequence[Any] | None = None,
+    **columns: Any,
+) -> list[float]:
+    """Call a reward function and refuse its output unless it is one finite float per completion.
+
+    A reward that raises, returns NaN/inf, ``None`` or the wrong number of values would otherwise
+    corrupt a training step silently (or fail deep inside the loss); here the error names the
+    function and the first offending sample's index, prompt and completion.
+    """
+    name = reward_name(func)
+
+    def sample(i: int) -> str:
+        prompt = None
+        if prompts is not None:
+            p = prompts[i]
+            prompt = p if isinstance(p, str) else " | ".join(str(m.get("content", "")) for m in p)
+        return f"sample {i} (prompt={str(prompt)[:200]!r}, completion={completion_text(completions[i])[:200]!r})"
+
+    extra = {} if prompts is None else {"prompts": list(prompts)}
+    try:
+        values = func(completions=list(completions), **extra, **columns)
+    except Exception as exc:  # a reward crash must say which reward and batch
+        raise RewardError(
+            f"reward function {name!r} raised {type(exc).__name__}: {exc} on a batch of {len(completions)} "
+            f"completions; first: {sample(0) if completions else 'none'}"
+        ) from exc
+    try:
+        values = list(values)
+    except TypeError as exc:
+        raise RewardError(f"reward function {name!r} returned {type(values).__name__}, not a list of floats") from exc
+    if len(values) != len(completions):
+        raise RewardError(
+            f"reward function {name!r} returned {len(values)} values for {len(completions)} completions"
+        )
+    out = []
+    for i, value in enumerate(values):
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as exc:
+            raise RewardError(f"reward function {name!r} returned {value!r} (not a number) for {sample(i)}") from exc
+        if not math.isfinite(number):
+            raise RewardError(f"reward function {name!r} returned {value!r} for {sample(i)}")
+        out.append(number)
+    return out
+
+
+def assert_tests_program(code: str, row: dict[str, Any]) -> str:
+    """MBPP-style program: setup imports, the model's code, then the row's ``test_list`` of asserts."""
+    setup = row.get("test_setup_code") or ""
+    imports = "\n".join(row.get("test_imports") or [])
+    return "\n".join(part for part in (imports, setup, code, *row["test_list"]) if part) + "\n"
+
+
+def check_function_program(code: str, row: dict[str, Any]) -> str:
+    """HumanEval-style program: the function (completed from the row's ``stub`` when the model wrote only
+    its body), the row's ``test`` defining ``check(candidate)``, then ``check(entry_point)``."""
+    entry = row["entry_point"]
+    stub = row["stub"]
+    if f"def {entry}" in code:
+        header = "\n".join(line for line in stub.splitlines() if line.startswith(("import ", "from ")))
+        program = f"{header}\n{code}"
+    else:
+        program = stub + code
+    return f"{program}\n\n{row['test']}\n\ncheck({entry})\n"

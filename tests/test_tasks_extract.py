@@ -1,0 +1,132 @@
+"""Answer extraction: the reward must read what the model said, in all the ways models say it."""
+
+import random
+from fractions import Fraction
+
+import pytest
+
+from peft_svf.tasks.extract import (
+    extract_boxed,
+    extract_choice,
+    extract_code,
+    extract_gsm8k_gold,
+    extract_numeric_answer,
+    find_numbers,
+    math_answers_equal,
+    normalize_math_answer,
+    parse_number,
+)
+
+
+def test_numbers_with_thousands_separators_signs_and_decimals_round_trip():
+    rng = random.Random(0)
+    for _ in range(300):
+        value = Fraction(rng.randint(-10**7, 10**7), rng.choice([1, 100]))
+        text = f"{float(value):,.2f}" if value.denominator != 1 else f"{int(value):,}"
+        assert find_numbers(f"So the total is {text} dollars.") == [value]
+
+
+def test_units_currency_and_unicode_minus():
+    assert extract_numeric_answer("The answer is $1,234.50.") == Fraction(123450, 100)
+    assert extract_numeric_answer("It costs 18 dollars per week") == 18
+    assert extract_numeric_answer("The temperature is −7 °C") == -7
+    assert extract_numeric_answer("She walked 3.5km") == Fraction(7, 2)
+    assert extract_numeric_answer("50%") == 50
+
+
+def test_list_of_small_numbers_is_not_one_thousands_number():
+    assert find_numbers("1, 2, 3") == [1, 2, 3]
+    assert find_numbers("x1 and 2.5.") == [Fraction(5, 2)]  # identifiers are not numbers
+
+
+def test_explicit_answer_markers_win_over_position():
+    text = "First 3 + 4 = 7, then times 2 is 14.\n#### 14\nWait 99"
+    assert extract_numeric_answer(text) == 14
+    assert extract_numeric_answer("Steps 1 2 3 then \\boxed{42} and 7 more", position="first") == 42
+    assert extract_numeric_answer("12 apples, then 30 more", position="first") == 12
+    assert extract_numeric_answer("12 apples, then 30 more", position="last") == 30
+    assert extract_numeric_answer("no numbers here") is None
+
+
+def test_gsm8k_gold():
+    assert extract_gsm8k_gold("blah <<2*3=6>>6\n#### 2,430") == 2430
+    assert extract_gsm8k_gold("#### -7") == -7
+    with pytest.raises(ValueError):
+        extract_gsm8k_gold("no answer")
+
+
+def test_boxed_nesting_and_last_box():
+    assert extract_boxed("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert extract_boxed("first \\boxed{1} then \\boxed{\\{-3, 3\\}}") == "\\{-3, 3\\}"
+    assert extract_boxed("\\boxed{\\sqrt{\\frac{a}{b}}} done") == "\\sqrt{\\frac{a}{b}}"
+    assert extract_boxed("\\fbox{7}") == "7"
+    assert extract_boxed("\\boxed{unfinished \\frac{1}{2}") is None
+    assert extract_boxed("nothing") is None
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref"),
+    [
+        ("\\dfrac{1}{3}", "\\frac{1}{3}"),
+        ("\\frac12", "\\frac{1}{2}"),
+        ("1/2", "\\frac{1}{2}"),
+        ("0.5", "\\frac{1}{2}"),
+        (".5", "0.5"),
+        ("x = 4", "4"),
+        ("120^\\circ", "120"),
+        ("10\\text{ cm}", "10"),
+        ("\\left( 1, 2 \\right)", "(1,2)"),
+        ("5\\sqrt{2}", "5 \\sqrt{2}"),
+        ("1,000", "1000"),
+        ("$7$.", "7"),
+        ("-\\frac{3}{4}", "-0.75"),
+    ],
+)
+def test_math_equivalent_spellings(pred, ref):
+    assert math_answers_equal(pred, ref)
+    assert math_answers_equal(ref, pred)
+
+
+@pytest.mark.parametrize(("pred", "ref"), [("\\frac{1}{3}", "\\frac{1}{2}"), ("5", "-5"), (None, "1"), ("(1,2)", "(2,1)")])
+def test_math_different_answers(pred, ref):
+    assert not math_answers_equal(pred, ref)
+
+
+def test_normalisation_is_idempotent():
+    for answer in ["\\dfrac{1}{3}", "x = 4", "10\\text{ cm}", "\\left(1,2\\right)", "1/2"]:
+        once = normalize_math_answer(answer)
+        assert normalize_math_answer(once) == once
+
+
+def test_parse_number_rejects_non_numbers_and_zero_denominators():
+    assert parse_number("abc") is None
+    assert parse_number("\\frac{1}{0}") is None
+    assert parse_number("3/4") == Fraction(3, 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("B", "B"),
+        ("B) 47", "B"),
+        ("The answer is C.", "C"),
+        ("Answer: (A)", "A"),
+        ("I think option D is right", "D"),
+        ("\\boxed{B}", "B"),
+        ("a number is larger when... The answer is B", "B"),  # a lower-case article is not option A
+        ("The largest number is 83.", None),
+    ],
+)
+def test_choice_extraction(text, expected):
+    assert extract_choice(text, ["A", "B", "C", "D"]) == expected
+
+
+def test_choice_outside_offered_labels_is_ignored():
+    assert extract_choice("The answer is D", ["A", "B", "C"]) is None
+
+
+def test_code_extraction():
+    assert extract_code("Sure:\n```python\ndef f(x):\n    return x\n```\nDone") == "def f(x):\n    return x\n"
+    assert extract_code("```\nprint(1)\n```") == "print(1)\n"
+    assert extract_code("```python\ndef f(x):\n    return x") == "def f(x):\n    return x\n"  # cut off by max tokens
+    assert extract_code("def f(x): return x") == "def f(x): return x"
