@@ -1,0 +1,105 @@
+"""Task identification: the prompt the dispatcher asks and the dataset that trains the classification expert.
+
+The paper's prompt-based adaptation asks the base model to name a question's category inside
+``\\boxed{}`` (Figure 3); the classification expert is an SVF expert trained with the same REINFORCE
+recipe on (question from task k, label k) pairs drawn from the experts' own training sets, rewarded
++1 for the right label. Both use the prompt built here, so the expert learns exactly what the
+dispatcher will ask.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from datasets import Dataset
+
+from .extract import extract_boxed
+from .registry import chat_prompt, get_task
+from .rewards import CORRECT, WRONG, RewardFunc, completion_text
+
+OTHERS = "others"
+# Category descriptions from the paper's adaptation prompt (Figure 3).
+DEFAULT_DESCRIPTIONS = {
+    "code": "Questions asking for programming solutions",
+    "math": "Questions involving mathematical calculations",
+    "reasoning": "Questions requiring logical thinking",
+    OTHERS: "Questions not clearly fit into above categories",
+}
+
+
+def classification_prompt(
+    question: str, labels: list[str], descriptions: Mapping[str, str] | None = None, include_others: bool = True
+) -> list[dict[str, str]]:
+    """The paper's adaptation prompt for ``labels`` (plus "others", meaning: use the base weights)."""
+    descriptions = {**DEFAULT_DESCRIPTIONS, **(descriptions or {})}
+    categories = [*labels, OTHERS] if include_others and OTHERS not in labels else list(labels)
+    quoted = ", ".join(f"'{c}'" for c in categories[:-1]) + f", or '{categories[-1]}'"
+    guide = "\n".join(
+        f"{i}. {c.capitalize()}: {descriptions.get(c, f'Questions about {c}')}..." for i, c in enumerate(categories, 1)
+    )
+    text = (
+        f"Analyze the given question and classify it into one of {len(categories)} categories: {quoted}. "
+        f"Follow these guidelines:\n{guide}\n"
+        "Instructions:\n- Consider the primary focus, skills, and knowledge required to answer the question.\n"
+        "- If a question spans multiple categories, choose the most dominant one.\n"
+        "- Provide your final classification within \\boxed{} notation. Example: \\boxed{"
+        f"{categories[0]}}}\n\nFormat your response as follows:\nClassification: \\boxed{{category}}\n\n"
+        f"Question: {question}"
+    )
+    return chat_prompt(text)
+
+
+def parse_task_label(text: str, labels: list[str], fallback: str = OTHERS) -> str:
+    """The label inside the last ``\\boxed{}``, case-insensitively; ``fallback`` when absent or unknown."""
+    boxed = extract_boxed(text)
+    if boxed is None:
+        return fallback
+    guess = boxed.replace("\\text{", "").replace("}", "").strip().strip("'\"").lower()
+    matches = [label for label in labels if label.lower() == guess]
+    return matches[0] if matches else fallback
+
+
+def task_id_reward(label_column: str = "label", labels_column: str = "labels_offered") -> RewardFunc:
+    """+1 when the boxed category is the row's label, -1 otherwise (unparsable answers count as wrong)."""
+
+    def task_id_reward(completions: list, **columns: Any) -> list[float]:
+        return [
+            CORRECT if parse_task_label(completion_text(c), list(offered), fallback="") == label else WRONG
+            for c, label, offered in zip(completions, columns[label_column], columns[labels_column], strict=True)
+        ]
+
+    return task_id_reward
+
+
+def _question(prompt: list[dict[str, str]]) -> str:
+    return [m["content"] for m in prompt if m["role"] == "user"][-1]
+
+
+def build_task_id_dataset(
+    tasks: Mapping[str, str],
+    split: str = "train",
+    n_per_task: int | None = None,
+    seed: int = 0,
+    descriptions: Mapping[str, str] | None = None,
+    load_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Dataset:
+    """(question from task k, label k) rows for every ``label -> task name`` in ``tasks``, shuffled.
+
+    Questions come from each task's ``split`` (use the experts' training splits to train the
+    classifier and their validation splits to select it). Each task contributes ``n_per_task``
+    questions (all when None) so that no label dominates. Columns: ``prompt``, ``label``, ``task``,
+    ``question``, ``labels_offered``.
+    """
+    labels = list(tasks)
+    rows = []
+    for label, name in tasks.items():
+        data = get_task(name).load(split, **dict((load_kwargs or {}).get(name, {})))
+        count = len(data) if n_per_task is None else min(n_per_task, len(data))
+        for prompt in data.select(range(count))["prompt"]:
+            question = _question(prompt)
+            rows.append({"prompt": classification_prompt(question, labels, descriptions), "label": label,
+                         "task": name, "question": question, "labels_offered": labels})  # fmt: skip
+    random.Random(seed).shuffle(rows)
+    return Dataset.from_list(rows)

@@ -1,0 +1,99 @@
+"""evaluate(): batched, left-padded greedy generation must give what one-at-a-time generation gives."""
+
+import pytest
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from peft_svf.tasks import evaluate, generate_completions, pass_at_k
+from peft_svf.tasks.registry import Task, chat_prompt
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random Llama and a word-level tokenizer with a chat template (no downloads)."""
+    words = ["what", "is", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "plus", "minus", "the", "answer", "yes", "no"]
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<pad>", "<eos>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    tok.train_from_iterator([" ".join(words)] * 3, trainers.WordLevelTrainer(special_tokens=specials))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         initializer_range=0.5)  # fmt: skip
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def _dataset():
+    questions = ["what is one plus two", "what is three", "nine minus four minus the answer", "yes", "what is six plus six plus six"]
+    return Dataset.from_list([{"prompt": chat_prompt(q), "target": i % 2} for i, q in enumerate(questions)])
+
+
+def parity_reward(completions, target, **_):
+    """+1 when the completion's word count has the row's parity: arbitrary but computable independently."""
+    return [1.0 if len(c.split()) % 2 == t else -1.0 for c, t in zip(completions, target, strict=True)]
+
+
+def test_batched_generation_matches_one_at_a_time(tiny):
+    model, tokenizer = tiny
+    prompts = list(_dataset()["prompt"])
+    batched = generate_completions(model, tokenizer, prompts, max_new_tokens=6, batch_size=3, progress=False)
+    single = [generate_completions(model, tokenizer, [p], max_new_tokens=6, progress=False)[0] for p in prompts]
+    assert batched == single
+
+
+def test_evaluate_accuracy_records_and_normalised_score(tiny):
+    model, tokenizer = tiny
+    data = _dataset()
+    result = evaluate(model, data, tokenizer, reward=parity_reward, max_new_tokens=6, batch_size=2,
+                      base_accuracy=0.5, progress=False)  # fmt: skip
+    # Independent computation: unbatched generation and the reward applied by hand.
+    expected = []
+    for row in data:
+        text = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        completion = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        expected.append(parity_reward([completion], [row["target"]])[0] > 0)
+    assert [r["correct"] for r in result.records] == expected
+    assert result.n == 5 and result.correct == sum(expected)
+    assert result.accuracy == pytest.approx(sum(expected) / 5)
+    assert result.normalized_score == pytest.approx(result.accuracy / 0.5)
+    assert evaluate(model, data, tokenizer, reward=parity_reward, max_new_tokens=6, n=2, progress=False).n == 2
+
+
+def test_evaluate_works_through_a_peft_model_and_a_registered_task(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=True))
+    task = Task("parity_test", "other", lambda split: _dataset(), parity_reward, max_new_tokens=6)
+    via_peft = evaluate(peft_model, task, tokenizer, progress=False)
+    peft_model.unload()  # restore the plain model for the other tests
+    plain = evaluate(model, task, tokenizer, progress=False)
+    assert [r["completion"] for r in via_peft.records] == [r["completion"] for r in plain.records]
+
+
+def test_evaluate_needs_a_reward_for_a_bare_dataset(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="reward"):
+        evaluate(model, _dataset(), tokenizer, progress=False)
+
+
+def test_pass_at_k_equals_greedy_accuracy_when_sampling_cold(tiny):
+    model, tokenizer = tiny
+    data = _dataset()
+    greedy = evaluate(model, data, tokenizer, reward=parity_reward, max_new_tokens=4, progress=False).accuracy
+    # A near-zero temperature makes every sample the greedy one, so pass@k equals greedy accuracy.
+    cold = pass_at_k(model, data, tokenizer, k=3, reward=parity_reward, max_new_tokens=4, temperature=1e-4,
+                     progress=False)  # fmt: skip
+    assert cold == pytest.approx(greedy)
