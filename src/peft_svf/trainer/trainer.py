@@ -144,16 +144,19 @@ class SVFTrainer(Trainer):
     # ----------------------------------------------------------------------------------------- rollouts
 
     @contextmanager
-    def _adapter_merged(self) -> Iterator[PeftModel]:
-        """Merge the current adapter into the weights for generation (base-model speed), unmerge after."""
+    def _generation_model(self) -> Iterator[PeftModel]:
+        """The unwrapped model in eval mode, with the adapter merged for generation unless configured not to."""
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
+        merge = self.args.merge_adapter_for_generation
         model.eval()
-        model.merge_adapter()
+        if merge:
+            model.merge_adapter()
         try:
             yield model
         finally:
-            model.unmerge_adapter()
+            if merge:
+                model.unmerge_adapter()
             model.train(was_training)
 
     def _generate(self, rows: list[dict[str, Any]], num_generations: int, sample: bool) -> dict[str, Any]:
@@ -191,7 +194,7 @@ class SVFTrainer(Trainer):
             processors = seeded_sampling_processors(
                 seeds, self.args.temperature, self.args.top_k, self.args.top_p
             )
-        with torch.no_grad(), self._adapter_merged() as model:
+        with torch.no_grad(), self._generation_model() as model:
             output = model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
