@@ -8,6 +8,7 @@ from datasets import Dataset
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from peft_svf.tasks import RewardError
 from peft_svf.trainer import SVFTrainer, SVFTrainingConfig
 from test_trainer_fixtures import (
     adapter_config,
@@ -154,3 +155,13 @@ def test_requires_an_adapter_or_a_peft_config(tmp_path):
             train_dataset=Dataset.from_dict({"prompt": prompts(4)}),
             processing_class=tiny_tokenizer(),
         )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), None])
+def test_a_bad_reward_stops_training_naming_the_function_and_the_sample(tmp_path, bad):
+    def flaky(prompts, completions, **kwargs):
+        return [bad if i == 3 else 1.0 for i in range(len(completions))]
+
+    trainer = make_trainer(str(tmp_path), reward_funcs=[starts_with, flaky], max_steps=1)
+    with pytest.raises(RewardError, match=r"'flaky' returned .* for sample 3 \(prompt="):
+        trainer.train()

@@ -1,15 +1,13 @@
-"""Unit tests of the objective's pieces: masks, advantages, aggregation, KL, seeded sampling, reward checks."""
+"""Unit tests of the objective's pieces: masks, advantages, aggregation, KL, seeded sampling, config."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
-from peft_svf.trainer import SVFTrainingConfig, score_completions
+from peft_svf.trainer import SVFTrainingConfig
 from peft_svf.trainer.objective import aggregate_per_sequence, completion_mask, compute_advantages, token_kl
 from peft_svf.trainer.sampling import GumbelNoiseProcessor, sample_key, seeded_sampling_processors
 from test_trainer_fixtures import tiny_llama, tiny_tokenizer
@@ -103,58 +101,6 @@ def test_top_k_restricts_the_seeded_samples():
     processors = seeded_sampling_processors(list(range(200)), temperature=3.0, top_k=2, top_p=1.0)
     picks = processors(None, logits.repeat(200, 1)).argmax(-1)
     assert set(picks.tolist()) == {0, 1}
-
-
-def _prompts_and_completions(n: int) -> tuple[list[str], list[str]]:
-    return [f"q{i}" for i in range(n)], [f"a{i}" for i in range(n)]
-
-
-def test_rewards_are_summed_per_function_with_columns_as_kwargs():
-    prompts, completions = _prompts_and_completions(3)
-
-    def length(completions, **kwargs):
-        return [float(len(c)) for c in completions]
-
-    def matches(completions, answer, **kwargs):
-        return [1.0 if c == a else -1.0 for c, a in zip(completions, answer, strict=True)]
-
-    rewards = score_completions(
-        [length, matches], prompts, completions, [[1]] * 3, {"answer": ["a0", "x", "a2"]}
-    )
-    assert rewards.tolist() == [[2.0, 1.0], [2.0, -1.0], [2.0, 1.0]]
-
-
-def test_a_reward_function_that_raises_is_named_with_the_failing_sample():
-    prompts, completions = _prompts_and_completions(4)
-
-    def fragile(completions, **kwargs):
-        return [1.0 / (c != "a2") for c in completions]
-
-    with pytest.raises(RuntimeError, match=r"'fragile' raised .*ZeroDivisionError.*sample 2 .*'q2'.*'a2'"):
-        score_completions([fragile], prompts, completions, [[1]] * 4, {})
-
-
-@pytest.mark.parametrize("bad", [math.nan, None, math.inf])
-def test_a_missing_or_nan_reward_is_named_with_the_sample(bad):
-    prompts, completions = _prompts_and_completions(3)
-
-    def holes(completions, **kwargs):
-        return [1.0, bad, 1.0]
-
-    with pytest.raises(
-        ValueError, match=r"'holes' returned .* for sample 1 \(prompt='q1', completion='a1'\)"
-    ):
-        score_completions([holes], prompts, completions, [[1]] * 3, {})
-
-
-def test_a_wrong_number_of_rewards_is_an_error():
-    prompts, completions = _prompts_and_completions(3)
-
-    def short(completions, **kwargs):
-        return [1.0]
-
-    with pytest.raises(ValueError, match="'short' returned 1 rewards for 3 completions"):
-        score_completions([short], prompts, completions, [[1]] * 3, {})
 
 
 def test_config_defaults_follow_the_paper(tmp_path):

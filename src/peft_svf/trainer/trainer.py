@@ -24,9 +24,9 @@ from transformers import (
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 from trl.trainer.utils import identity
 
+from ..tasks.rewards import RewardFunc, checked_reward_call, reward_name
 from .config import SVFTrainingConfig
 from .objective import aggregate_per_sequence, completion_mask, compute_advantages, token_kl
-from .rewards import RewardFunc, reward_func_name, score_completions
 from .sampling import sample_key, seeded_sampling_processors
 
 _TIMERS = ("rollout_time", "update_time", "kl_time")
@@ -90,7 +90,7 @@ class SVFTrainer(Trainer):
         )
         if not self.reward_funcs:
             raise ValueError("SVFTrainer needs at least one reward function.")
-        self.reward_func_names = [reward_func_name(f) for f in self.reward_funcs]
+        self.reward_func_names = [reward_name(f) for f in self.reward_funcs]
         weights = args.reward_weights or [1.0] * len(self.reward_funcs)
         if len(weights) != len(self.reward_funcs):
             raise ValueError(
@@ -208,12 +208,14 @@ class SVFTrainer(Trainer):
         completions: list[Any] = (
             [[{"role": "assistant", "content": text}] for text in decoded] if conversational else decoded
         )
-        extra_columns = [key for key in rows[0] if key != "prompt"]
-        reward_kwargs = {key: [row[key] for row in rows] for key in extra_columns}
-        reward_kwargs["trainer_state"] = self.state
-        rewards = score_completions(self.reward_funcs, prompts, completions, id_lists, reward_kwargs).to(
-            device
-        )
+        # TRL's convention: every other column arrives as a keyword argument, one value per completion.
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
+        columns.update(completion_ids=id_lists, trainer_state=self.state)
+        rewards = torch.tensor(
+            [checked_reward_call(func, completions, prompts, **columns) for func in self.reward_funcs],
+            dtype=torch.float32,
+            device=device,
+        ).T
         return {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
