@@ -1,0 +1,142 @@
+"""Where an SVFTrainer step goes: rollout, log-prob forward/backward and KL, for SVF and LoRA in one run.
+
+Each variant trains the same prompts with the same loop, batch and seeded sampling. The learning rate is
+~0 so that every variant keeps generating exactly the base model's completions: the same tokens are
+timed everywhere and the comparison is of compute, not of what each adapter learned to say. Times are
+medians over the steps of all rounds (the first step of each round, a warm-up, is dropped); rounds run
+the variants round-robin so that machine noise hits them alike. Prints a table and writes JSON.
+
+    python benchmarks/trainer_step_breakdown.py                    # embedded SmolLM2, 8 prompts x 32 tokens
+    python benchmarks/trainer_step_breakdown.py --batch 16 --max-new-tokens 64 --steps 6 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+
+from peft_svf import SVFConfig
+from peft_svf.embedded import load_embedded_model
+from peft_svf.tasks import get_task
+from peft_svf.trainer import SVFTrainer, SVFTrainingConfig
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the paper's LoRA comparison: attention, r=16
+VARIANTS: dict[str, tuple[Any, bool]] = {
+    # name: (adapter config factory, merge adapter for generation)
+    "SVF": (lambda: SVFConfig(init_noise_std=0.01), True),
+    "SVF, unmerged rollouts": (lambda: SVFConfig(init_noise_std=0.01), False),
+    "LoRA r=16 attn": (lambda: LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS), True),
+}
+PARTS = ("rollout", "logprob_fwd_bwd", "kl", "step")
+
+
+def run_variant(base, tokenizer, name: str, data, reward, args: argparse.Namespace, workdir: str) -> list[dict]:
+    """Train ``args.steps`` steps of one variant; per-step seconds of each part (warm-up step dropped)."""
+    make_config, merge = VARIANTS[name]
+    trainer = SVFTrainer(
+        copy.deepcopy(base),
+        reward,
+        args=SVFTrainingConfig(
+            output_dir=workdir,
+            per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1,
+            max_steps=args.steps,
+            learning_rate=1e-12,
+            max_completion_length=args.max_new_tokens,
+            kl_coef=args.kl_coef,
+            merge_adapter_for_generation=merge,
+            report_to=[],
+            save_strategy="no",
+            disable_tqdm=True,
+            seed=0,
+        ),
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=make_config(),
+    )
+    trainer.train()
+    rows = []
+    for log in trainer.state.log_history[1:]:
+        if "rollout_time" not in log:
+            continue
+        rows.append(
+            {
+                "rollout": log["rollout_time"],
+                "logprob_fwd_bwd": log["update_time"] - log["kl_time"],
+                "kl": log["kl_time"],
+                "step": log["rollout_time"] + log["update_time"],
+                "completion_tokens": log["completions/mean_length"] * args.batch,
+                "trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="offline_math")
+    parser.add_argument("--batch", type=int, default=8, help="prompts per step")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=4, help="steps per variant per round (first is warm-up)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--kl-coef", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", type=Path, default=Path("trainer_step_breakdown.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    base, tokenizer = load_embedded_model()
+    task = get_task(args.task)
+    data = task.load("train").select(range(args.batch * args.steps))
+    results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    started = time.time()
+    with tempfile.TemporaryDirectory() as workdir:
+        for _ in range(args.rounds):
+            for name in VARIANTS:
+                results[name] += run_variant(base, tokenizer, name, data, task.reward, args, workdir)
+
+    reference = statistics.median(r["step"] for r in results["LoRA r=16 attn"])
+    summary = {}
+    for name, rows in results.items():
+        medians = {part: statistics.median(r[part] for r in rows) for part in PARTS}
+        summary[name] = {
+            **{f"{part}_s": value for part, value in medians.items()},
+            **{f"{part}_share": medians[part] / medians["step"] for part in PARTS[:3]},
+            "step_vs_lora": medians["step"] / reference,
+            "completion_tokens_per_step": statistics.median(r["completion_tokens"] for r in rows),
+            "trainable_parameters": rows[0]["trainable"],
+            "steps_measured": len(rows),
+        }
+
+    header = f"{'variant':<24}{'params':>10}{'rollout s':>11}{'fwd/bwd s':>11}{'KL s':>8}{'step s':>9}{'vs LoRA':>9}{'tokens':>8}"
+    print(header)
+    for name, s in summary.items():
+        print(
+            f"{name:<24}{s['trainable_parameters']:>10,}{s['rollout_s']:>11.3f}{s['logprob_fwd_bwd_s']:>11.3f}"
+            f"{s['kl_s']:>8.3f}{s['step_s']:>9.3f}{s['step_vs_lora']:>9.2f}{s['completion_tokens_per_step']:>8.0f}"
+        )
+    for name, s in summary.items():
+        shares = ", ".join(f"{part} {100 * s[f'{part}_share']:.0f}%" for part in PARTS[:3])
+        print(f"{name}: {shares}")
+    report = {
+        "settings": {**{k: str(v) for k, v in vars(args).items()}, "torch_threads": torch.get_num_threads()},
+        "summary": summary,
+        "per_step": results,
+        "wall_s": time.time() - started,
+    }
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
