@@ -43,7 +43,8 @@ class _QuantizedSVFLayer(nn.Module, SVFLayer):
             "keep_base_weight=False does not apply to quantised layers; keeping the quantised weight."
         )
 
-    def _forward_with_dense_change(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def _forward_with_dense_change(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        delta = self._compose(change)
         return self.get_base_layer()(x) + F.linear(x.to(delta.dtype), delta).to(x.dtype)
 
     def _merge_dtype(self) -> torch.dtype:

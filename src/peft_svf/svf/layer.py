@@ -252,12 +252,16 @@ class SVFLayer(BaseTunerLayer):
             bias = self._bias()
             return out if bias is None else out + bias
         if recompose:
-            return self._forward_with_dense_change(x, self._compose(change))
+            return self._forward_with_dense_change(x, change)
         return self.get_base_layer()(x) + self._factored(x, change).to(x.dtype)
 
-    def _forward_with_dense_change(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        weight = self.dense_weight() + delta.to(self._compute_dtype())
-        return F.linear(x, weight, self._bias())
+    def _forward_with_dense_change(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """``(W + U diag(change) V^T) x``, building the weight in one fused ``addmm``."""
+        weight = self.dense_weight()
+        U, Vh = self.svf_U, self.svf_Vh
+        if U.dtype != weight.dtype:
+            U, Vh = U.to(weight.dtype), Vh.to(weight.dtype)
+        return F.linear(x, torch.addmm(weight, U * change.to(U.dtype), Vh), self._bias())
 
     def _base_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.merged or not self.frees_base_weight:
