@@ -79,11 +79,20 @@ def test_auto_mode_agrees_with_both_explicit_modes():
     torch.testing.assert_close(outputs["auto"], outputs["factored"], atol=1e-5, rtol=1e-5)
 
 
-def test_cost_model_prefers_factored_for_few_tokens_and_recompose_for_many():
-    assert not prefer_recompose(tokens=1, out_features=576, in_features=576, rank=576, needs_grad=False)
-    assert prefer_recompose(tokens=4096, out_features=576, in_features=576, rank=576, needs_grad=False)
-    assert not prefer_recompose(tokens=64, out_features=576, in_features=576, rank=576, needs_grad=True)
-    assert prefer_recompose(tokens=4096, out_features=576, in_features=576, rank=576, needs_grad=True)
+@pytest.mark.parametrize("replaces_base", [True, False])
+def test_cost_model_prefers_factored_for_few_tokens_and_recompose_for_many_on_square_weights(replaces_base):
+    for needs_grad in (True, False):
+        square = {"out_features": 576, "in_features": 576, "rank": 576, "needs_grad": needs_grad}
+        assert not prefer_recompose(tokens=16, factored_replaces_base=replaces_base, **square)
+        assert prefer_recompose(tokens=8192, factored_replaces_base=replaces_base, **square)
+
+
+def test_cost_model_prefers_factored_for_wide_dense_weights_even_with_many_tokens():
+    # Llama-3-8B gate_proj: U (s' * V^T x) costs 1.29x the base matmul, recomposing costs far more.
+    wide = {"out_features": 14336, "in_features": 4096, "rank": 4096}
+    assert not prefer_recompose(tokens=16384, needs_grad=True, factored_replaces_base=True, **wide)
+    # On a quantised base the factored path adds to the base matmul, so many tokens favour recomposing.
+    assert prefer_recompose(tokens=16384, needs_grad=True, factored_replaces_base=False, **wide)
 
 
 def test_stacked_adapters_add_their_singular_value_changes():

@@ -47,17 +47,26 @@ def singular_value_gain(
     return mask * (singular_values.sum() / (singular_values * mask).sum())
 
 
-def prefer_recompose(tokens: int, out_features: int, in_features: int, rank: int, needs_grad: bool) -> bool:
-    """Whether building the dense change costs fewer FLOPs than the factored path, for this call.
+def prefer_recompose(
+    tokens: int,
+    out_features: int,
+    in_features: int,
+    rank: int,
+    needs_grad: bool,
+    factored_replaces_base: bool,
+) -> bool:
+    """Whether building the dense weight costs fewer FLOPs than the factored path, for this call.
 
-    Extra work over the frozen base, counted in multiply-adds:
-      recompose: ``m n r`` to build the change (+ ``m n r`` and ``T m n`` backward for the gradient),
-      factored: ``T r (m + n)`` forward (and the same again backward).
+    Work beyond the frozen base, in multiply-adds (``T`` tokens, ``m x n`` weight, rank ``r``):
+      recompose: ``m n r`` to build the weight (with gradients, ``m n r`` more plus ``T m n`` for them);
+      factored: ``T r (m + n)`` (doubled with gradients), minus the base matmul ``T m n`` (doubled with
+      gradients) when the factored path replaces it, as it does for dense bases.
     """
     m, n, r, t = out_features, in_features, rank, tokens
-    if needs_grad:
-        return 2 * m * n * r + t * m * n < 2 * t * r * (m + n)
-    return m * n * r < t * r * (m + n)
+    passes = 2 if needs_grad else 1
+    recompose = passes * m * n * r + (t * m * n if needs_grad else 0)
+    factored = passes * t * r * (m + n) - (passes * t * m * n if factored_replaces_base else 0)
+    return recompose < factored
 
 
 class SVFLayer(BaseTunerLayer):
@@ -225,50 +234,57 @@ class SVFLayer(BaseTunerLayer):
     def _active_adapter_names(self) -> list[str]:
         return [name for name in self.active_adapters if name in self.svf_vector]
 
+    @property
+    def factored_replaces_base(self) -> bool:
+        """Without ``W`` the factored path is ``U (s' * (V^T x))``; with it, ``W x`` plus the change."""
+        return self.frees_base_weight
+
     def _use_recompose(self, x: torch.Tensor, adapter_names: list[str]) -> bool:
         if self.forward_mode != "auto":
             return self.forward_mode == "recompose"
         tokens = x.numel() // self.in_features
         needs_grad = torch.is_grad_enabled() and any(self.svf_vector[n].requires_grad for n in adapter_names)
-        return prefer_recompose(tokens, self.out_features, self.in_features, self.rank, needs_grad)
+        return prefer_recompose(
+            tokens, self.out_features, self.in_features, self.rank, needs_grad, self.factored_replaces_base
+        )
 
     def _factored(self, x: torch.Tensor, singular_values: torch.Tensor) -> torch.Tensor:
+        """``U (singular_values * (V^T x))``: two thin matmuls, no dense weight."""
         dtype = self.svf_U.dtype
         hidden = F.linear(x.to(dtype), self.svf_Vh) * singular_values.to(dtype)
         return F.linear(hidden, self.svf_U)
 
-    def _bias(self) -> torch.Tensor | None:
-        return self.get_base_layer().bias
+    def _plus_bias(self, out: torch.Tensor) -> torch.Tensor:
+        bias = self.get_base_layer().bias
+        return out if bias is None else out + bias
 
     def _adapted_forward(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
         change = self.singular_value_change(adapter_names)
-        recompose = self._use_recompose(x, adapter_names)
-        if self.frees_base_weight:
-            singular_values = self.svf_S + change
-            if recompose:
-                weight = self._compose(singular_values)
-                return F.linear(x.to(weight.dtype), weight, self._bias())
-            out = self._factored(x, singular_values)
-            bias = self._bias()
-            return out if bias is None else out + bias
-        if recompose:
+        if self._use_recompose(x, adapter_names):
             return self._forward_with_dense_change(x, change)
+        return self._forward_factored(x, change)
+
+    def _forward_factored(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        if self.frees_base_weight:
+            return self._plus_bias(self._factored(x, self.svf_S + change))
+        # Keeping W x exact is what makes a fresh adapter reproduce the base bit for bit.
         return self.get_base_layer()(x) + self._factored(x, change).to(x.dtype)
 
     def _forward_with_dense_change(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
-        """``(W + U diag(change) V^T) x``, building the weight in one fused ``addmm``."""
+        """``(W + U diag(change) V^T) x``, the weight built in one fused ``addmm`` (or from factors if freed)."""
+        if self.frees_base_weight:
+            weight = self._compose(self.svf_S + change)
+            return self._plus_bias(F.linear(x.to(weight.dtype), weight))
         weight = self.dense_weight()
         U, Vh = self.svf_U, self.svf_Vh
         if U.dtype != weight.dtype:
             U, Vh = U.to(weight.dtype), Vh.to(weight.dtype)
-        return F.linear(x, torch.addmm(weight, U * change.to(U.dtype), Vh), self._bias())
+        return F.linear(x, torch.addmm(weight, U * change.to(U.dtype), Vh), self.get_base_layer().bias)
 
     def _base_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.merged or not self.frees_base_weight:
             return self.base_layer(x, *args, **kwargs)
-        out = self._factored(x, self.svf_S)
-        bias = self._bias()
-        return (out if bias is None else out + bias).to(x.dtype)
+        return self._plus_bias(self._factored(x, self.svf_S))
 
     def svf_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The forward of every SVF layer class (``nn.Module`` comes first in their MRO, as in PEFT)."""
