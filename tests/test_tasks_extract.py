@@ -130,3 +130,11 @@ def test_code_extraction():
     assert extract_code("```\nprint(1)\n```") == "print(1)\n"
     assert extract_code("```python\ndef f(x):\n    return x") == "def f(x):\n    return x\n"  # cut off by max tokens
     assert extract_code("def f(x): return x") == "def f(x): return x"
+
+
+def test_result_policy_reads_a_restated_equation_by_its_result():
+    assert extract_numeric_answer("4 + 3 = 7", position="result") == 7
+    assert extract_numeric_answer("4 + 3 = 7", position="first") == 4
+    assert extract_numeric_answer("Nina has 3 + 5 = 8 cookies. Then 9 = 9", position="result") == 8
+    assert extract_numeric_answer("15, since 9 and 6", position="result") == 15
+    assert extract_numeric_answer("It is = twelve", position="result") is None

@@ -52,14 +52,15 @@ def test_math_answers_match_the_question():
     assert rewards("offline_math", data, [f"{int(g) + 1}" for g in golds]) == [-1.0] * 100
 
 
-def test_math_unseen_needs_the_box():
+def test_math_unseen_answers_and_a_boxed_answer_wins():
     data = get_task("offline_math_unseen").load("test").select(range(100))
     for row in data:
         a, op, b = re.search(r"\$(\d+) (\\times|-) (\d+)\$", row["question"]).groups()
         assert int(row["answer"]) == (int(a) * int(b) if op == "\\times" else int(a) - int(b))
     golds = list(data["answer"])
-    assert rewards("offline_math_unseen", data, [f"So \\boxed{{{g}}}" for g in golds]) == [1.0] * 100
-    assert rewards("offline_math_unseen", data, golds) == [-1.0] * 100
+    assert rewards("offline_math_unseen", data, [f"Maybe 1000. So \\boxed{{{g}}}" for g in golds]) == [1.0] * 100
+    assert rewards("offline_math_unseen", data, [f"$x = {g}$" for g in golds]) == [1.0] * 100
+    assert rewards("offline_math_unseen", data, [f"\\boxed{{{int(g) + 1}}} or {g}" for g in golds]) == [-1.0] * 100
 
 
 def test_reasoning_answer_is_the_largest_option():

@@ -47,7 +47,9 @@ def generate_completions(
     """
     if seed is not None:
         torch.manual_seed(seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if tokenizer.pad_token_id is None:  # left padding needs one; EOS is the usual stand-in for chat models
+        tokenizer.pad_token = tokenizer.eos_token
+    pad_id = tokenizer.pad_token_id
     device = next(model.parameters()).device
     texts = [_render(tokenizer, p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

@@ -69,10 +69,12 @@ def extract_boxed(text: str) -> str | None:
 
 
 def extract_numeric_answer(text: str, position: str = "last") -> Fraction | None:
-    """The model's numeric answer: an explicit ``####`` or ``\\boxed{}`` answer wins, else the first/last number.
+    """The model's numeric answer: an explicit ``####`` or ``\\boxed{}`` answer wins, else by ``position``.
 
-    ``position="last"`` suits chain-of-thought answers (GSM8K); ``"first"`` suits "answer with just
-    the number" prompts where a small model states the answer and then rambles on.
+    ``"last"`` (the last number) suits chain-of-thought answers (GSM8K). ``"first"`` suits "answer with
+    just the number" prompts where a small model states the answer and then rambles on; ``"result"`` is
+    ``"first"`` except that a restated equation counts by its result: in "4 + 3 = 7, so..." the answer
+    is 7 (the first number after the first "="), not 4.
     """
     if "####" in text:
         numbers = find_numbers(text.split("####")[-1])
@@ -86,10 +88,14 @@ def extract_numeric_answer(text: str, position: str = "last") -> Fraction | None
             value = numbers[-1] if numbers else None
         if value is not None:
             return value
+    if position == "result" and "=" in text:
+        after = find_numbers(text.split("=", 1)[1])
+        if after:
+            return after[0]
     numbers = find_numbers(text)
     if not numbers:
         return None
-    return numbers[0] if position == "first" else numbers[-1]
+    return numbers[-1] if position == "last" else numbers[0]
 
 
 def extract_gsm8k_gold(answer: str) -> Fraction:

@@ -8,18 +8,19 @@ measuring the embedded model (``benchmarks/measure_offline_tasks.py``; numbers i
 ============  ======================  =================================================================
 domain        training task           held-out "unseen" task (different distribution, never trained on)
 ============  ======================  =================================================================
-math          ``offline_math``        ``offline_math_unseen``: bare arithmetic, answer in ``\\boxed{}``
-              word problems,
+math          ``offline_math``        ``offline_math_unseen``: bare LaTeX products and differences
+              word problems,          (often negative), answer asked in ``\\boxed{}``
               one-step +/-
 code          ``offline_code``        ``offline_code_unseen``: complete a function from its docstring
-              one-line function from  (HumanEval-style), other function families
-              a description + test
+              two-step integer        (HumanEval-style), string/list function families
+              function from a
+              description + test
 reasoning     ``offline_reasoning``   ``offline_reasoning_unseen``: which of four things belongs to a
               largest of 3 numbers    category (A-D)
               (A-C)
 ============  ======================  =================================================================
 
-Items are generated from a seeded ``random.Random`` per (task, split): the same seed always gives
+Items are generated from a seeded ``random.Random`` per (stream, split): the same seed always gives
 the same items. The training pool is split as the authors did (even indices train, odd validate);
 the test split is drawn from an independent stream and excludes questions seen in the pool.
 """
@@ -38,7 +39,6 @@ from .rewards import (
     check_function_program,
     choice_reward,
     code_reward,
-    math_reward,
     numeric_reward,
 )
 
@@ -77,29 +77,28 @@ def _math_boxed(rng: random.Random) -> Item:
     return {"question": text, "user": f"{text} Put your final answer in \\boxed{{}}.", "answer": str(answer)}
 
 
-# (description, function body, input samples) for one-argument functions on integers.
-_INT_FUNCS: list[tuple[str, str, list[int]]] = [
-    ("returns x plus {k}", "x + {k}", [0, 2, 7, -3]),
-    ("returns x minus {k}", "x - {k}", [0, 5, 12, -1]),
-    ("returns x multiplied by {k}", "x * {k}", [0, 1, 4, -2]),
-    ("returns the remainder of x divided by {k}", "x % {k}", [3, 10, 17, 25]),
-    ("returns True if x is greater than {k}, else False", "x > {k}", [0, 9, 10, 20]),
-    ("returns x squared plus {k}", "x * x + {k}", [0, 1, 3, -4]),
+# (description, body) of two-step integer functions; one-step ones were too easy (92.5% greedy).
+_TWO_STEP: list[tuple[str, str]] = [
+    ("returns x multiplied by {k}, plus {j}", "x * {k} + {j}"),
+    ("returns x plus {k}, multiplied by {j}", "(x + {k}) * {j}"),
+    ("returns x squared minus {k}", "x * x - {k}"),
+    ("returns the remainder of x divided by {k}, plus {j}", "x % {k} + {j}"),
+    ("returns x minus {k} if x is even, otherwise x plus {j}", "x - {k} if x % 2 == 0 else x + {j}"),
+    ("returns the larger of x and {k}, times {j}", "max(x, {k}) * {j}"),
 ]
-_FUNC_NAMES = ["f", "g", "h", "compute", "transform", "calc", "apply", "step", "value", "score", "solve", "convert",
-               "adjust", "update", "process", "evaluate_x", "func", "mapping", "rule", "op"]
+_FUNC_NAMES = ["f", "g", "h", "compute", "transform", "calc", "apply", "step", "value", "score", "solve", "convert"]
 
 
 def _code_write(rng: random.Random) -> Item:
-    desc, body, inputs = rng.choice(_INT_FUNCS)
-    k = rng.randint(2, 40)
+    desc, body = rng.choice(_TWO_STEP)
+    k, j = rng.randint(2, 12), rng.randint(2, 12)
     name = rng.choice(_FUNC_NAMES)
-    expr = body.format(k=k)
-    tests = [f"assert {name}({x}) == {eval(expr, {'x': x})!r}" for x in inputs]  # our own expression
-    text = f"Write a Python function `{name}(x)` that {desc.format(k=k)}."
+    expr = body.format(k=k, j=j)
+    tests = [f"assert {name}({x}) == {eval(expr, {'x': x})!r}" for x in [0, 3, 7, -2]]  # our own expression
+    text = f"Write a Python function `{name}(x)` that {desc.format(k=k, j=j)}."
     user = f"{text} Your code should pass this test:\n{tests[1]}\nAnswer with just the code."
-    code = f"def {name}(x):\n    return {expr}\n"
-    return {"question": text, "user": user, "test_list": tests, "test_setup_code": "", "code": code}
+    return {"question": text, "user": user, "test_list": tests, "test_setup_code": "",
+            "code": f"def {name}(x):\n    return {expr}\n"}  # fmt: skip
 
 
 # (name, docstring, body, example inputs) for functions on strings and lists: HumanEval-style families.
@@ -171,14 +170,14 @@ def _reasoning_category(rng: random.Random) -> Item:
     return _mc(rng, [correct, *distractors], correct, f"Which of these is {target}?")
 
 
-def _build(generator: Generator, task: str, split: str, seed: int, exclude_pool: bool) -> list[Item]:
-    pool_rng = random.Random(f"{task}:pool:{seed}")
+def _build(generator: Generator, stream: str, split: str, seed: int, exclude_pool: bool) -> list[Item]:
+    pool_rng = random.Random(f"{stream}:pool:{seed}")
     pool = [generator(pool_rng) for _ in range(POOL_SIZE)]
     if split in ("train", "valid"):
         return pool[0 if split == "train" else 1 :: 2]
     # Training tasks test on unseen questions; unseen tasks are never trained on, so only repeats are dropped.
     seen = {item["question"] for item in pool} if exclude_pool else set()
-    test_rng = random.Random(f"{task}:test:{seed}")
+    test_rng = random.Random(f"{stream}:test:{seed}")
     items: list[Item] = []
     for _ in range(TEST_SIZE * 50):  # spaces are large; the cap only guards against a tiny one
         item = generator(test_rng)
@@ -190,11 +189,17 @@ def _build(generator: Generator, task: str, split: str, seed: int, exclude_pool:
     return items
 
 
-def _loader(name: str, generator: Generator, exclude_pool: bool) -> Callable[..., Dataset]:
+def offline_loader(generator: Generator, stream: str, exclude_pool: bool = True) -> Callable[..., Dataset]:
+    """A task loader over a seeded item generator.
+
+    ``stream`` names the random streams (with the seed): it fixes the items, so it must not change
+    once results are published. ``exclude_pool``: test questions avoid the train/valid pool.
+    """
+
     def load(split: str, seed: int = DEFAULT_SEED) -> Dataset:
         """Generate the split (deterministic for a given seed)."""
         rows = []
-        for item in _build(generator, name, split, seed, exclude_pool):
+        for item in _build(generator, stream, split, seed, exclude_pool):
             row = {k: v for k, v in item.items() if k != "user"}
             rows.append({"prompt": chat_prompt(item["user"]), **row})
         return Dataset.from_list(rows)
@@ -202,27 +207,33 @@ def _loader(name: str, generator: Generator, exclude_pool: bool) -> Callable[...
     return load
 
 
-OFFLINE_TASKS: dict[str, tuple[str, Generator, Any, int, str]] = {
-    # name: (domain, generator, reward, max_new_tokens, description)
-    "offline_math": ("math", _math_word, numeric_reward(position="first", name="offline_math_reward"), 32,
-                     "one-step +/- word problems, 'answer with just the number' (GSM8K analogue)"),
-    "offline_code": ("code", _code_write, code_reward(assert_tests_program, name="offline_code_reward"), 48,
-                     "one-line integer function from a description and a test, run in the sandbox (MBPP analogue)"),
-    "offline_reasoning": ("reasoning", _reasoning_largest, choice_reward(name="offline_reasoning_reward"), 32,
+# name: (domain, generator, stream, reward, max_new_tokens, description). Streams are the names the items
+# were measured under (benchmarks/measure_offline_tasks.py); keep them, or the published numbers no longer apply.
+OFFLINE_TASKS: dict[str, tuple[str, Generator, str, Any, int, str]] = {
+    "offline_math": ("math", _math_word, "_math_word", numeric_reward(position="result", name="offline_math_reward"),
+                     32, "one-step +/- word problems, 'answer with just the number' (GSM8K analogue)"),
+    "offline_code": ("code", _code_write, "_code_write_two_step",
+                     code_reward(assert_tests_program, name="offline_code_reward"), 48,
+                     "two-step integer function from a description and a test, run in the sandbox (MBPP analogue)"),
+    "offline_reasoning": ("reasoning", _reasoning_largest, "offline_reasoning",
+                          choice_reward(name="offline_reasoning_reward"), 32,
                           "largest of three numbers, options A-C (ARC-Easy analogue)"),
-    "offline_math_unseen": ("math", _math_boxed, math_reward(name="offline_math_unseen_reward"), 48,
-                            "single-digit multiplication in LaTeX, answer in \\boxed{} (MATH analogue)"),
-    "offline_code_unseen": ("code", _code_complete,
+    "offline_math_unseen": ("math", _math_boxed, "_math_boxed",
+                            numeric_reward(position="result", name="offline_math_unseen_reward"), 48,
+                            "LaTeX multiplication/subtraction (often negative), asked for \\boxed{} (MATH analogue)"),
+    "offline_code_unseen": ("code", _code_complete, "offline_code_unseen",
                             code_reward(check_function_program, name="offline_code_unseen_reward"), 48,
                             "complete a string/list function from its docstring (HumanEval analogue)"),
-    "offline_reasoning_unseen": ("reasoning", _reasoning_category, choice_reward(name="offline_reasoning_unseen_reward"),
-                                 32, "which of four words belongs to a category, options A-D (ARC-Challenge analogue)"),
+    "offline_reasoning_unseen": ("reasoning", _reasoning_category, "offline_reasoning_unseen",
+                                 choice_reward(name="offline_reasoning_unseen_reward"), 32,
+                                 "which of four words belongs to a category, options A-D (ARC-Challenge analogue)"),
 }  # fmt: skip
 
 OFFLINE_TRAIN_TASKS = ("offline_math", "offline_code", "offline_reasoning")
 OFFLINE_UNSEEN_TASKS = ("offline_math_unseen", "offline_code_unseen", "offline_reasoning_unseen")
 
-for _name, (_domain, _gen, _reward, _tokens, _desc) in OFFLINE_TASKS.items():
-    register_task(Task(name=_name, domain=_domain, loader=_loader(_name, _gen, _name not in OFFLINE_UNSEEN_TASKS), reward=_reward, description=_desc,
+for _name, (_domain, _gen, _stream, _reward, _tokens, _desc) in OFFLINE_TASKS.items():
+    register_task(Task(name=_name, domain=_domain, loader=offline_loader(_gen, _stream, _name not in OFFLINE_UNSEEN_TASKS),
+                       reward=_reward, description=_desc,
                        max_new_tokens=_tokens,
                        tags=("offline", "unseen" if _name in OFFLINE_UNSEEN_TASKS else "train")))  # fmt: skip

@@ -48,7 +48,7 @@ class SandboxLimits:
     cpu_s: int = 5
     memory_mb: int = 512
     output_bytes: int = 64 * 1024
-    max_workers: int = 2
+    max_workers: int = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
