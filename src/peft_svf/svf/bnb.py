@@ -7,7 +7,6 @@ adapter reproduces the quantised model exactly. Merging dequantises, adds the ch
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -38,17 +37,9 @@ class _QuantizedSVFLayer(nn.Module, SVFLayer):
         dtype = getattr(self.get_base_layer(), "compute_dtype", None)
         return dtype if dtype is not None and dtype.is_floating_point else torch.float32
 
-    def _free_base_weight(self) -> None:
-        warnings.warn(
-            "keep_base_weight=False does not apply to quantised layers; keeping the quantised weight."
-        )
-
     def _forward_with_dense_change(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
         delta = self._compose(change)
         return self.get_base_layer()(x) + F.linear(x.to(delta.dtype), delta).to(x.dtype)
-
-    def _merge_dtype(self) -> torch.dtype:
-        return torch.float32
 
 
 if is_bnb_available():
@@ -61,7 +52,7 @@ if is_bnb_available():
             base = self.get_base_layer()
             return dequantize_bnb_weight(base.weight, state=base.state).float()
 
-        def _write_merged_weight(self, matrix: torch.Tensor) -> None:
+        def write_dense_weight(self, matrix: torch.Tensor) -> None:
             base = self.get_base_layer()
             weight = base.weight
             base.weight = bnb.nn.Int8Params(
@@ -79,7 +70,7 @@ if is_bnb_4bit_available():
         def dense_weight(self) -> torch.Tensor:
             return dequantize_bnb_weight(self.get_base_layer().weight).float()
 
-        def _write_merged_weight(self, matrix: torch.Tensor) -> None:
+        def write_dense_weight(self, matrix: torch.Tensor) -> None:
             base = self.get_base_layer()
             weight = base.weight
             kwargs = {k: v for k, v in weight.__dict__.items() if not k.startswith("_") and k != "data"}

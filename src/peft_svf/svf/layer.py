@@ -101,7 +101,8 @@ class SVFLayer(BaseTunerLayer):
         base = self.get_base_layer()
         return base.weight.T if isinstance(base, Conv1D) else base.weight
 
-    def _write_dense_weight(self, matrix: torch.Tensor) -> None:
+    def write_dense_weight(self, matrix: torch.Tensor) -> None:
+        """Store an (out_features, in_features) matrix as the base weight (shape may change if W was freed)."""
         base = self.get_base_layer()
         data = matrix.T if isinstance(base, Conv1D) else matrix
         base.weight.data = data.contiguous().to(base.weight.dtype)
@@ -142,18 +143,8 @@ class SVFLayer(BaseTunerLayer):
                 "keep_base_weight=False only applies to dense layers; keeping the quantised weight."
             )
             return
-        weight = base.weight
-        base.weight = nn.Parameter(
-            torch.empty(0, dtype=weight.dtype, device=weight.device), requires_grad=False
-        )
+        base.weight.data = torch.empty(0, dtype=base.weight.dtype, device=base.weight.device)
         self.frees_base_weight = True
-
-    def _write_composed_weight(self, singular_values: torch.Tensor) -> None:
-        """Give a freed base a dense weight again: ``U diag(singular_values) V^T``."""
-        base = self.get_base_layer()
-        matrix = self._compose(singular_values)
-        data = matrix.T if isinstance(base, Conv1D) else matrix
-        base.weight = nn.Parameter(data.contiguous().to(base.weight.dtype), requires_grad=False)
 
     def gain(self, adapter_name: str) -> torch.Tensor:
         return singular_value_gain(
@@ -185,18 +176,16 @@ class SVFLayer(BaseTunerLayer):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.svf_vector]
         for name in adapter_names:
-            if self.frees_base_weight:
+            if self.frees_base_weight:  # no W to add to: compose the merged weight from the factors
                 merged = self._compose(self.adapted_singular_values([*self.merged_adapters, name]))
             else:
-                merged = self.dense_weight_for_merge() + self.get_delta_weight(name).to(self._merge_dtype())
+                weight = self.dense_weight().detach()
+                merged = weight + self.get_delta_weight(name).to(weight.dtype)
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(
                     f"NaNs detected in the merged weights. The adapter {name!r} seems to be broken."
                 )
-            if self.frees_base_weight:
-                self._write_composed_weight(self.adapted_singular_values([*self.merged_adapters, name]))
-            else:
-                self._write_merged_weight(merged)
+            self.write_dense_weight(merged)
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
@@ -206,19 +195,10 @@ class SVFLayer(BaseTunerLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if not self.frees_base_weight:
-                restored = self.dense_weight_for_merge() - self.get_delta_weight(name).to(self._merge_dtype())
-                self._write_merged_weight(restored)
+                weight = self.dense_weight().detach()
+                self.write_dense_weight(weight - self.get_delta_weight(name).to(weight.dtype))
         if self.frees_base_weight:
             self._free_base_weight()
-
-    def dense_weight_for_merge(self) -> torch.Tensor:
-        return self.dense_weight().detach()
-
-    def _merge_dtype(self) -> torch.dtype:
-        return self.dense_weight().dtype
-
-    def _write_merged_weight(self, matrix: torch.Tensor) -> None:
-        self._write_dense_weight(matrix)
 
     def unload_and_optionally_merge_module(
         self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
@@ -227,7 +207,7 @@ class SVFLayer(BaseTunerLayer):
         if merge:
             self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
         if self.frees_base_weight and not self.merged:
-            self._write_composed_weight(self.svf_S)
+            self.write_dense_weight(self._compose(self.svf_S))
         return self.get_base_layer()
 
     # -- forward ----------------------------------------------------------------------------------------
