@@ -1,36 +1,16 @@
 """evaluate(): batched, left-padded greedy generation must give what one-at-a-time generation gives."""
 
 import pytest
-import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from peft_svf.tasks import evaluate, generate_completions, pass_at_k
 from peft_svf.tasks.registry import Task, chat_prompt
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+from tasks_tiny_lm import tiny_chat_lm
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    """A tiny random Llama and a word-level tokenizer with a chat template (no downloads)."""
-    words = ["what", "is", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "plus", "minus", "the", "answer", "yes", "no"]
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    specials = ["<pad>", "<eos>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
-    tok.train_from_iterator([" ".join(words)] * 3, trainers.WordLevelTrainer(special_tokens=specials))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         initializer_range=0.5)  # fmt: skip
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return tiny_chat_lm(["what", "is", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "plus", "minus", "the", "answer", "yes", "no"])
 
 
 def _dataset():
