@@ -266,16 +266,44 @@ class SVFLayer(BaseTunerLayer):
             return self.base_layer(x, *args, **kwargs)
         return self._plus_bias(self._factored(x, self.svf_S))
 
-    def svf_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The forward of every SVF layer class (``nn.Module`` comes first in their MRO, as in PEFT)."""
+    def _mixed_batch_forward(self, x: torch.Tensor, row_adapters: list[str]) -> torch.Tensor:
+        """Each batch row with its own adapter (or ``"__base__"``), in one pass: per-row singular values."""
+        if len(row_adapters) != x.shape[0]:
+            raise ValueError(f"Got {len(row_adapters)} adapter names for a batch of {x.shape[0]} rows.")
+        changes = {
+            name: self.singular_value_change([name])
+            if name in self.svf_vector
+            else torch.zeros_like(self.svf_S)
+            for name in set(row_adapters)
+        }
+        per_row = torch.stack([changes[name] for name in row_adapters])  # (batch, r)
+        per_row = per_row.view(x.shape[0], *([1] * (x.dim() - 2)), -1).to(self.svf_U.dtype)
+        if self.frees_base_weight:
+            hidden = F.linear(x.to(self.svf_U.dtype), self.svf_Vh) * (self.svf_S.to(per_row.dtype) + per_row)
+            return self._plus_bias(F.linear(hidden, self.svf_U)).to(x.dtype)
+        hidden = F.linear(x.to(self.svf_U.dtype), self.svf_Vh) * per_row
+        return self.get_base_layer()(x) + F.linear(hidden, self.svf_U).to(x.dtype)
+
+    def svf_forward(
+        self, x: torch.Tensor, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """The forward of every SVF layer class (``nn.Module`` comes first in their MRO, as in PEFT).
+
+        ``adapter_names`` (one per batch row, ``"__base__"`` for none) is injected by
+        ``SVFModel._enable_peft_forward_hooks`` when ``model(..., adapter_names=[...])`` is called.
+        """
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self._base_forward(x, *args, **kwargs)
-        adapter_names = self._active_adapter_names()
-        if self.merged or not adapter_names:
+        if adapter_names is not None:
+            if self.merged:
+                raise ValueError("Cannot pass `adapter_names` while adapters are merged; unmerge them first.")
+            return self._mixed_batch_forward(x, adapter_names)
+        active = self._active_adapter_names()
+        if self.merged or not active:
             return self._base_forward(x, *args, **kwargs)
-        return self._adapted_forward(x, adapter_names).to(x.dtype)
+        return self._adapted_forward(x, active).to(x.dtype)
 
 
 class Linear(nn.Module, SVFLayer):

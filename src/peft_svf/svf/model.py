@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils.constants import INCLUDE_LINEAR_LAYERS_SHORTHAND
@@ -76,6 +81,38 @@ class SVFModel(BaseTuner):
             new_module.requires_grad_(False)  # an added adapter is not trainable until set active
         self._replace_module(parent, target_name, new_module, target)
 
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """Route ``adapter_names=[...]`` (one per row) from ``forward``/``generate`` into every SVF layer.
+
+        Mirrors PEFT's LoRA mixed-batch inference, so a batch can mix experts and ``"__base__"`` rows.
+        """
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        known = set().union(*(m.svf_vector.keys() for m in self.modules() if isinstance(m, SVFLayer)))
+        unknown = {name for name in adapter_names if name != "__base__"} - known
+        if unknown:
+            raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")
+        num_beams = kwargs.get("num_beams")
+        if isinstance(num_beams, int) and num_beams > 1:  # generate repeats each row num_beams times
+            adapter_names = [name for name in adapter_names for _ in range(num_beams)]
+        handles = [
+            module.register_forward_pre_hook(
+                partial(_inject_adapter_names, adapter_names=adapter_names), with_kwargs=True
+            )
+            for module in self.modules()
+            if isinstance(module, SVFLayer)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     @classmethod
     def _remap_adapter_state_dict_for_load(
         cls, model: nn.Module, config: SVFConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
@@ -83,6 +120,11 @@ class SVFModel(BaseTuner):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         check_adapter_state_dict(model, adapter_name, remapped)
         return remapped
+
+
+def _inject_adapter_names(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
 
 
 def check_adapter_state_dict(
