@@ -9,7 +9,6 @@ from peft_svf.tasks.extract import (
     extract_boxed,
     extract_choice,
     extract_code,
-    extract_gsm8k_gold,
     extract_numeric_answer,
     find_numbers,
     math_answers_equal,
@@ -46,13 +45,6 @@ def test_explicit_answer_markers_win_over_position():
     assert extract_numeric_answer("12 apples, then 30 more", position="first") == 12
     assert extract_numeric_answer("12 apples, then 30 more", position="last") == 30
     assert extract_numeric_answer("no numbers here") is None
-
-
-def test_gsm8k_gold():
-    assert extract_gsm8k_gold("blah <<2*3=6>>6\n#### 2,430") == 2430
-    assert extract_gsm8k_gold("#### -7") == -7
-    with pytest.raises(ValueError):
-        extract_gsm8k_gold("no answer")
 
 
 def test_boxed_nesting_and_last_box():

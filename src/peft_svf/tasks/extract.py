@@ -98,14 +98,6 @@ def extract_numeric_answer(text: str, position: str = "last") -> Fraction | None
     return numbers[-1] if position == "last" else numbers[0]
 
 
-def extract_gsm8k_gold(answer: str) -> Fraction:
-    """The reference number of a GSM8K ``answer`` field (the text after ``####``)."""
-    value = parse_number(answer.split("####")[-1])
-    if value is None:
-        raise ValueError(f"GSM8K answer has no number after '####': {answer!r}")
-    return value
-
-
 def _strip_text_commands(s: str) -> str:
     # \text{ cm} / \mbox{...}: units and words around a MATH answer; keep the content only when it is all there is.
     inner = re.sub(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}", r"\1", s)

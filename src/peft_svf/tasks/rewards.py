@@ -47,7 +47,8 @@ def numeric_reward(answer_column: str = "answer", position: str = "last", name: 
     """Reward for a numeric answer (GSM8K-style ``#### 72`` references or plain numbers) compared exactly.
 
     ``position`` picks the number when the model gives no ``####``/``\\boxed{}`` answer: ``"last"`` for
-    chain-of-thought, ``"first"`` for "answer with just the number" prompts.
+    chain-of-thought, ``"first"`` or ``"result"`` (a restated "3 + 5 = 8" reads 8) for "answer with just
+    the number" prompts; see :func:`peft_svf.tasks.extract.extract_numeric_answer`.
     """
 
     def reward(completions: list, **columns: Any) -> list[float]:
