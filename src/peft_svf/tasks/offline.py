@@ -101,7 +101,7 @@ def _code_write(rng: random.Random) -> Item:
             "code": f"def {name}(x):\n    return {expr}\n"}  # fmt: skip
 
 
-# (name, docstring, body, example inputs) for functions on strings and lists: HumanEval-style families.
+# (name, docstring, body, input kind, fixed test inputs) of string/list functions: HumanEval-style families.
 _DOC_FUNCS: list[tuple[str, str, str, str, list[Any]]] = [
     ("reverse_text", "Return the string s reversed.", "s[::-1]", "str", ["abc", "hello", "", "ab"]),
     ("shout", "Return s in upper case.", "s.upper()", "str", ["abc", "Hi there", "", "x1"]),
