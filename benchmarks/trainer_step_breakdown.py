@@ -7,6 +7,7 @@ medians over the steps of all rounds (the first step of each round, a warm-up, i
 the variants round-robin so that machine noise hits them alike. Prints a table and writes JSON.
 
     python benchmarks/trainer_step_breakdown.py                    # embedded SmolLM2, 8 prompts x 32 tokens
+    OMP_NUM_THREADS=1 python benchmarks/trainer_step_breakdown.py --batch 8 --max-new-tokens 16 --steps 3 --rounds 2
     python benchmarks/trainer_step_breakdown.py --batch 16 --max-new-tokens 64 --steps 6 --rounds 3
 """
 
