@@ -38,7 +38,8 @@ def test_identity_adapter_reproduces_base_logits(make_model, parameterization, m
     model = get_peft_model(base, SVFConfig(parameterization=parameterization, forward_mode=mode))
     with torch.no_grad():
         actual = model(input_ids).logits
-    assert (actual - expected).abs().max().item() <= 1e-5
+    # The spec asks for <= 1e-5; keeping W x apart from the (zero) change makes it exact.
+    assert torch.equal(actual, expected)
 
 
 def test_default_targets_cover_attention_and_mlp():

@@ -43,8 +43,11 @@ def singular_value_gain(
     if parameterization == "scale":
         return vector
     # The authors' form: a bounded mask, renormalised so the total singular-value mass is unchanged.
-    mask = torch.sigmoid(vector) * max_mult
-    return mask * (singular_values.sum() / (singular_values * mask).sum())
+    # Normalised in float64 so that a uniform mask gives exactly 1 after rounding back: a fresh adapter
+    # then changes nothing (in float32 the sums' rounding alone moved SmolLM2's logits by ~1e-4).
+    mask = torch.sigmoid(vector.double()) * max_mult
+    s = singular_values.double()
+    return (mask * (s.sum() / (s * mask).sum())).float()
 
 
 def prefer_recompose(
