@@ -7,8 +7,6 @@ adapter reproduces the quantised model exactly. Merging dequantises, adds the ch
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from peft.import_utils import is_bnb_4bit_available, is_bnb_available
@@ -17,21 +15,11 @@ from peft.utils.integrations import dequantize_bnb_weight
 from torch import nn
 
 from .config import SVFConfig
-from .layer import SVFLayer
+from .layer import Linear
 
 
-class _QuantizedSVFLayer(nn.Module, SVFLayer):
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: SVFConfig, **kwargs: Any) -> None:
-        super().__init__()
-        SVFLayer.__init__(self, base_layer, **kwargs)
-        self._active_adapter = adapter_name
-        self.update_layer(adapter_name, config)
-
-    forward = SVFLayer.svf_forward
-
-    def _base_features(self) -> tuple[int, int]:
-        base = self.get_base_layer()
-        return base.in_features, base.out_features
+class _QuantizedSVFLayer(Linear):
+    """Shared by the bitsandbytes layers: they differ only in how the weight is (de)quantised."""
 
     def _compute_dtype(self) -> torch.dtype:
         dtype = getattr(self.get_base_layer(), "compute_dtype", None)
