@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -12,7 +14,9 @@ from .model import SVFModel
 
 def count_svf_parameters(model: nn.Module, config: SVFConfig) -> int:
     """Sum of ``min(m, n)`` over the weights ``config`` would adapt in ``model``."""
-    prepared = SVFModel._prepare_adapter_config(SVFModel, _copy(config), BaseTuner.get_model_config(model))
+    prepared = SVFModel._prepare_adapter_config(
+        SVFModel, copy.deepcopy(config), BaseTuner.get_model_config(model)
+    )
     if prepared.target_modules == "all-linear":
         from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
 
@@ -23,7 +27,3 @@ def count_svf_parameters(model: nn.Module, config: SVFConfig) -> int:
             continue
         total += min(module.weight.shape)
     return total
-
-
-def _copy(config: SVFConfig) -> SVFConfig:
-    return SVFConfig(**{k: v for k, v in config.to_dict().items() if k not in ("peft_type", "peft_version")})

@@ -280,12 +280,9 @@ class SVFLayer(BaseTunerLayer):
             for name in set(row_adapters)
         }
         per_row = torch.stack([changes[name] for name in row_adapters])  # (batch, r)
-        per_row = per_row.view(x.shape[0], *([1] * (x.dim() - 2)), -1).to(self.svf_U.dtype)
-        if self.frees_base_weight:
-            hidden = F.linear(x.to(self.svf_U.dtype), self.svf_Vh) * (self.svf_S.to(per_row.dtype) + per_row)
-            return self._plus_bias(F.linear(hidden, self.svf_U)).to(x.dtype)
-        hidden = F.linear(x.to(self.svf_U.dtype), self.svf_Vh) * per_row
-        return self.get_base_layer()(x) + F.linear(hidden, self.svf_U).to(x.dtype)
+        # Shaped to broadcast over the token dimensions, so the ordinary factored path serves every row.
+        per_row = per_row.view(x.shape[0], *([1] * (x.dim() - 2)), -1)
+        return self._forward_factored(x, per_row).to(x.dtype)
 
     def svf_forward(
         self, x: torch.Tensor, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any
