@@ -12,26 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from peft import LoraConfig, PeftConfig
-
-from ..svf import SVFConfig
-from ..tasks import evaluate, get_task, train_valid_split
-from .config import SVFTrainingConfig
-from .trainer import SVFTrainer
-
-
-def adapter_config(kind: str, seed_noise: float) -> PeftConfig:
-    """SVF on the per-architecture default targets, or the paper's LoRA baseline (r=16, attention)."""
-    if kind == "svf":
-        return SVFConfig(init_noise_std=seed_noise)
-    return LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
+from ..tasks import get_task
+from .recipe import train_expert
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -63,68 +48,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         model = AutoModelForCausalLM.from_pretrained(args.model)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
-    task = get_task(args.task)
-    max_new_tokens = args.max_new_tokens or task.max_new_tokens
-    output_dir = args.output_dir or Path(f"experts/{args.task}-{args.adapter}-seed{args.seed}")
-    pool = task.load("train")
-    valid = train_valid_split(pool, "valid")
-    valid = valid.select(range(min(args.valid_n, len(valid))))
-
-    trainer = SVFTrainer(
-        model,
-        task.reward,
-        args=SVFTrainingConfig(
-            output_dir=str(output_dir),
-            per_device_train_batch_size=args.batch,
-            per_device_eval_batch_size=32,
-            gradient_accumulation_steps=1,
-            learning_rate=args.lr,
-            max_steps=args.steps,
-            kl_coef=args.kl_coef,
-            max_completion_length=max_new_tokens,
-            eval_strategy="steps",
-            eval_steps=args.eval_steps,
-            save_strategy="steps",
-            save_steps=args.eval_steps,
-            save_total_limit=2,
-            load_best_model_at_end=True,
-            report_to=[],
-            seed=args.seed,
-        ),
-        train_dataset=train_valid_split(pool, "train"),
-        eval_dataset=valid,
-        processing_class=tokenizer,
-        peft_config=adapter_config(args.adapter, 0.01),
-    )
-    results: dict[str, Any] = {
-        "task": args.task,
-        "adapter": args.adapter,
-        "seed": args.seed,
-        "settings": vars(args),
-    }
-    results["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    if not args.skip_base_eval:
-        with trainer.model.disable_adapter():
-            base = evaluate(
-                trainer.model, task, tokenizer, split="test", n=args.test_n, max_new_tokens=max_new_tokens
-            )
-        results["base_test_accuracy"] = base.accuracy
-    start = time.time()
-    trainer.train()
-    results["train_wall_s"] = round(time.time() - start, 1)
-    results["best_checkpoint"] = trainer.state.best_model_checkpoint
-    results["valid_accuracy_by_step"] = {
-        log["step"]: log["eval_accuracy"] for log in trainer.state.log_history if "eval_accuracy" in log
-    }
-    trainer.model.eval()
-    with torch.no_grad():
-        expert = evaluate(
-            trainer.model, task, tokenizer, split="test", n=args.test_n, max_new_tokens=max_new_tokens
+    results = train_expert(
+        model, tokenizer, get_task(args.task),
+        args.output_dir or Path(f"experts/{args.task}-{args.adapter}-seed{args.seed}"),
+        adapter=args.adapter, steps=args.steps, batch=args.batch, lr=args.lr, kl_coef=args.kl_coef,
+        max_new_tokens=args.max_new_tokens, eval_steps=args.eval_steps, valid_n=args.valid_n,
+        test_n=args.test_n, seed=args.seed, evaluate_base=not args.skip_base_eval,
+    )  # fmt: skip
+    print(
+        json.dumps(
+            {k: v for k, v in results.items() if k not in ("settings", "log_history")}, indent=2, default=str
         )
-    results.update(expert_test_accuracy=expert.accuracy, test_n=expert.n)
-    trainer.save_model(str(output_dir / "expert"))
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    print(json.dumps({k: v for k, v in results.items() if k != "settings"}, indent=2, default=str))
+    )
     return results
 
 
