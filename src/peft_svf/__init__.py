@@ -26,6 +26,9 @@ _LAZY = {
     "EvalResult": "peft_svf.tasks",
     "checked_reward_call": "peft_svf.tasks",
     "RewardError": "peft_svf.tasks",
+    "SelfAdaptiveModel": "peft_svf.adaptive",
+    "mix_svf_adapters": "peft_svf.adaptive",
+    "train_classification_expert": "peft_svf.adaptive",
 }
 
 __all__ = [

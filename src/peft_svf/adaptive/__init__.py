@@ -1,0 +1,43 @@
+"""Self-adaptive two-pass inference (Transformer² section 3.2): dispatchers, expert mixing and few-shot CEM.
+
+    >>> from peft_svf.adaptive import SelfAdaptiveModel
+    >>> sam = SelfAdaptiveModel.from_pretrained(base, experts={"math": "experts/math", "code": "experts/code"})
+    >>> sam.generate(prompts=[[{"role": "user", "content": "What is 7 * 8?"}]], max_new_tokens=32)
+
+See docs/adaptive.md.
+"""
+
+from .cem import CEMResult, MemberScore, evaluate_population
+from .classifier import train_classification_expert
+from .dispatch import (
+    CLASSIFIER_ADAPTER,
+    ClassifierDispatcher,
+    DispatchDecision,
+    Dispatcher,
+    FixedMixture,
+    PromptDispatcher,
+    SoftPromptDispatcher,
+    dispatch_confusion,
+)
+from .mixing import BASE, mix_svf_adapters, mixture_vectors, temporary_mixtures
+from .model import SelfAdaptiveModel
+
+__all__ = [
+    "BASE",
+    "CLASSIFIER_ADAPTER",
+    "CEMResult",
+    "ClassifierDispatcher",
+    "DispatchDecision",
+    "Dispatcher",
+    "FixedMixture",
+    "MemberScore",
+    "PromptDispatcher",
+    "SelfAdaptiveModel",
+    "SoftPromptDispatcher",
+    "dispatch_confusion",
+    "evaluate_population",
+    "mix_svf_adapters",
+    "mixture_vectors",
+    "temporary_mixtures",
+    "train_classification_expert",
+]

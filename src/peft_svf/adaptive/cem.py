@@ -1,0 +1,253 @@
+"""Strategy C: few-shot adaptation, a cross-entropy-method search over expert mixtures (paper 3.2 C, A.4).
+
+As the authors: population 32, elite ratio 0.2, alpha clamped to [0, 1], the mean starts at the uniform
+mixture with std = range / 2, one alpha per expert or per expert and weight matrix, optional
+normalisation to sum 1, ties on few-shot accuracy broken by the mean token log-likelihood of the member's
+own correct answers, and the best member carried into the next generation and evaluated again.
+
+Unlike the authors' code, which generates member after member, a whole generation is evaluated at once:
+every member becomes a temporary adapter and one greedy ``generate`` runs all (member x example) rows
+with per-row adapters (see ``benchmarks/two_pass_overhead.py`` for the speed-up).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from ..tasks.rewards import checked_reward_call
+from .generation import greedy_texts, preserved_state
+from .mixing import Alpha, layer_names, mix_svf_adapters, temporary_mixtures
+from .prompts import render
+
+if TYPE_CHECKING:
+    from .model import SelfAdaptiveModel
+
+logger = logging.get_logger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+@dataclass
+class CEMResult:
+    """The mixture CEM found: ``alpha`` (``{expert: a}``, or ``{expert: {module: a}}`` per layer), its few-shot
+    accuracy ``score`` and tie-break ``log_likelihood``, per-generation ``history``, and the adapter holding it."""
+
+    alpha: dict[str, Any]
+    score: float
+    history: list[dict[str, Any]]
+    adapter_name: str
+    log_likelihood: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MemberScore:
+    """One population member on the few-shot set."""
+
+    accuracy: float
+    log_likelihood: float | None  # mean token log-likelihood of its correct answers; None without any
+    correct: list[bool] = field(repr=False)
+
+    @property
+    def rank_key(self) -> tuple[float, float]:
+        return self.accuracy, -math.inf if self.log_likelihood is None else self.log_likelihood
+
+
+def _as_dataset(data: Dataset | Sequence[Mapping[str, Any]]) -> Dataset:
+    dataset = data if isinstance(data, Dataset) else Dataset.from_list([dict(row) for row in data])
+    if "prompt" not in dataset.column_names or len(dataset) == 0:
+        raise ValueError("the few-shot set needs at least one row and a 'prompt' column")
+    return dataset
+
+
+def _correct(
+    reward_funcs: Sequence[Callable], data: Dataset, completions: list[str], repeat: int
+) -> list[bool]:
+    prompts = list(data["prompt"]) * repeat
+    columns = {c: list(data[c]) * repeat for c in data.column_names if c != "prompt"}
+    totals = np.zeros(len(completions))
+    for func in reward_funcs:
+        totals += np.asarray(checked_reward_call(func, completions, prompts=prompts, **columns))
+    return [bool(t > 0) for t in totals]
+
+
+@torch.inference_mode()
+def _log_likelihoods(
+    sam: SelfAdaptiveModel,
+    prompt_ids: list[torch.Tensor],
+    generated: list[torch.Tensor],
+    rows: list[str],
+    batch_size: int | None,
+) -> list[tuple[float, int]]:
+    """(sum of log-probabilities, token count) of each row's generated tokens under the row's adapter."""
+    model, device = sam.model, sam.device
+    pad = sam.tokenizer.pad_token_id
+    size = batch_size or len(rows) or 1
+    results = []
+    with preserved_state(model):
+        for start in range(0, len(rows), size):
+            seqs = [
+                torch.cat([p, g])
+                for p, g in zip(
+                    prompt_ids[start : start + size], generated[start : start + size], strict=True
+                )
+            ]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long, device=device)
+            mask = torch.zeros_like(ids)
+            for i, s in enumerate(seqs):
+                ids[i, width - len(s) :], mask[i, width - len(s) :] = s, 1
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                           adapter_names=rows[start : start + size]).logits.float()  # fmt: skip
+            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+            for i, g in enumerate(generated[start : start + size]):
+                n = len(g)
+                results.append((logp[i, width - 1 - n : width - 1].sum().item() if n else 0.0, n))
+    return results
+
+
+def evaluate_population(
+    sam: SelfAdaptiveModel,
+    alphas: Sequence[Alpha],
+    data: Dataset | Sequence[Mapping[str, Any]],
+    reward_funcs: Callable | Sequence[Callable],
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batched: bool = True,
+    batch_size: int | None = None,
+) -> list[MemberScore]:
+    """Few-shot accuracy and tie-break log-likelihood of each mixture in ``alphas``.
+
+    ``batched`` runs every (member x example) row in one greedy ``generate`` with per-row adapters
+    (``batch_size`` rows at a time if given); otherwise member after member, each at its own
+    single-mixture speed (the authors' way, kept to measure and check the batched one against).
+    """
+    data = _as_dataset(data)
+    funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
+    texts = [render(sam.tokenizer, p) for p in data["prompt"]]
+    names = [f"__cem_{i}" for i in range(len(alphas))]
+    rows = [name for name in names for _ in texts]
+    with temporary_mixtures(sam.model, dict(zip(names, alphas, strict=True))):
+        if batched:
+            completions, prompt_ids, generated = greedy_texts(
+                sam.model, sam.tokenizer, texts * len(names), rows, max_new_tokens=max_new_tokens,
+                batch_size=batch_size)  # fmt: skip
+        else:
+            completions, prompt_ids, generated = [], [], []
+            for name in names:
+                c, p, g = greedy_texts(sam.model, sam.tokenizer, texts, [name] * len(texts),
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size, merge=sam.merge)  # fmt: skip
+                completions += c
+                prompt_ids += p
+                generated += g
+        correct = _correct(funcs, data, completions, len(names))
+        hits = [i for i, ok in enumerate(correct) if ok]
+        scored = _log_likelihoods(sam, [prompt_ids[i] for i in hits], [generated[i] for i in hits],
+                                  [rows[i] for i in hits], batch_size)  # fmt: skip
+    totals = {name: [0.0, 0] for name in names}
+    for i, (logp, count) in zip(hits, scored, strict=True):
+        totals[rows[i]][0] += logp
+        totals[rows[i]][1] += count
+    n = len(texts)
+    return [
+        MemberScore(
+            accuracy=sum(correct[m * n : (m + 1) * n]) / n,
+            log_likelihood=totals[name][0] / totals[name][1] if totals[name][1] else None,
+            correct=correct[m * n : (m + 1) * n],
+        )
+        for m, name in enumerate(names)
+    ]
+
+
+def _to_alpha(vector: np.ndarray, experts: list[str], modules: list[str] | None) -> dict[str, Any]:
+    if modules is None:
+        return {e: float(vector[k, 0]) for k, e in enumerate(experts)}
+    return {e: {m: float(vector[k, j]) for j, m in enumerate(modules)} for k, e in enumerate(experts)}
+
+
+def _summary(values: np.ndarray, experts: list[str]) -> dict[str, float]:
+    """One number per expert (the mean over layers for per-layer alphas), for the history."""
+    return {e: round(float(values[k].mean()), 6) for k, e in enumerate(experts)}
+
+
+def cem_adapt(
+    sam: SelfAdaptiveModel,
+    few_shot_dataset: Dataset | Sequence[Mapping[str, Any]],
+    reward_funcs: Callable | Sequence[Callable],
+    *,
+    population_size: int = 32,
+    elite_ratio: float = 0.2,
+    generations: int = 10,
+    per_layer: bool = False,
+    normalize: bool = False,
+    adapter_name: str = "few_shot",
+    seed: int = 0,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> CEMResult:
+    """Search alpha with CEM on ``few_shot_dataset`` (``prompt`` column plus the rewards' columns).
+
+    A completion is correct when the summed rewards are positive. ``batch_size`` caps the rows of one
+    ``generate`` call (default: the whole generation, population x examples). The best mixture is added
+    to ``sam.model`` as ``adapter_name``.
+    """
+    if adapter_name in sam.model.peft_config:
+        raise ValueError(f"an adapter named {adapter_name!r} exists already; pick another adapter_name")
+    if population_size < 2 or not 0 < elite_ratio <= 1 or generations < 1:
+        raise ValueError("need population_size >= 2, 0 < elite_ratio <= 1 and generations >= 1")
+    data = _as_dataset(few_shot_dataset)
+    experts = list(sam.experts)
+    modules = layer_names(sam.model) if per_layer else None
+    shape = (len(experts), len(modules) if modules else 1)
+    rng = np.random.default_rng(seed)
+    mean, std = np.full(shape, 1.0 / len(experts)), np.full(shape, 0.5)  # uniform mixture; range / 2
+    n_elite = max(1, round(population_size * elite_ratio))
+    tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    best: tuple[np.ndarray, MemberScore] | None = None
+    history: list[dict[str, Any]] = []
+    for generation in tqdm(range(generations), desc="CEM", disable=not progress):
+        samples = np.clip(mean + std * rng.standard_normal((population_size, *shape)), 0.0, 1.0)
+        if normalize:
+            sums = samples.sum(axis=1, keepdims=True)
+            samples = np.where(sums > 0, samples / np.where(sums > 0, sums, 1), 1.0 / len(experts))
+        if best is not None:
+            samples[0] = best[0]  # the incumbent is evaluated again with the new members
+        scores = evaluate_population(sam, [_to_alpha(s, experts, modules) for s in samples], data, reward_funcs,
+                                     max_new_tokens=tokens, batch_size=batch_size)  # fmt: skip
+        order = sorted(range(population_size), key=lambda i: scores[i].rank_key, reverse=True)
+        elites = samples[order[:n_elite]]
+        mean, std = elites.mean(axis=0), elites.std(axis=0)
+        best = (samples[order[0]].copy(), scores[order[0]])
+        accuracies = [s.accuracy for s in scores]
+        history.append({
+            "generation": generation,
+            "best_accuracy": best[1].accuracy,
+            "best_log_likelihood": best[1].log_likelihood,
+            "mean_accuracy": float(np.mean(accuracies)),
+            "elite_accuracy": float(np.mean([accuracies[i] for i in order[:n_elite]])),
+            "best_alpha": _summary(best[0], experts),
+            "mean": _summary(mean, experts),
+            "std": _summary(std, experts),
+        })  # fmt: skip
+        logger.info(
+            "CEM generation %d/%d: best accuracy %.3f, mean %.3f, alpha %s",
+            generation + 1, generations, best[1].accuracy, history[-1]["mean_accuracy"], history[-1]["best_alpha"],
+        )  # fmt: skip
+    assert best is not None
+    alpha = _to_alpha(best[0], experts, modules)
+    mix_svf_adapters(sam.model, alpha, adapter_name)
+    return CEMResult(alpha=alpha, score=best[1].accuracy, history=history, adapter_name=adapter_name,
+                     log_likelihood=best[1].log_likelihood)  # fmt: skip
