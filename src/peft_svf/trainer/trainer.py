@@ -361,3 +361,24 @@ class SVFTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    # ---------------------------------------------------------------------------------------------- Hub
+
+    def create_model_card(self, tags: str | list[str] | None = None, **kwargs: Any) -> None:
+        """Write the SVF expert card (``peft_svf.hub``) to ``output_dir/README.md``, which ``push_to_hub`` uploads.
+
+        Trainer's generic card knows neither the adapter's parameterisation nor the reward; the other
+        arguments of Trainer's card (``language``, ``license``, ...) are accepted and ignored.
+        """
+        if not self.is_world_process_zero():
+            return
+        from ..hub import CARD_FILE, expert_model_card, results_from_trainer
+
+        model = self.accelerator.unwrap_model(self.model)
+        card = expert_model_card(
+            model.peft_config[model.active_adapter],
+            results_from_trainer(self),
+            repo_id=self.hub_model_id,
+            extra_tags=[tags] if isinstance(tags, str) else tags,
+        )
+        card.save(f"{self.args.output_dir}/{CARD_FILE}")

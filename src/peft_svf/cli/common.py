@@ -1,0 +1,219 @@
+"""What the ``peft-svf`` commands share: the parser, model loading, expert sets, data files and rewards."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from datasets import Dataset
+
+from ..tasks import RewardError, chat_prompt, completion_text
+from ..tasks.rewards import (
+    RewardFunc,
+    assert_tests_program,
+    check_function_program,
+    choice_reward,
+    code_reward,
+    math_reward,
+    numeric_reward,
+)
+
+# Mistakes a user can make (bad file, unknown task or reward, wrong columns, no network for a Hub id): one
+# line and exit status 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, KeyError, OSError, ImportError, RewardError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (``peft-svf train: error: ...``), without the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (KeyError's without the quotes its str() adds)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(text).split()) or type(exc).__name__
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="Hugging Face model id or folder (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    if device:
+        parser.add_argument(
+            "--device", default="auto", help="torch device (default: cuda if available, else cpu)"
+        )
+
+
+def load_model(name: str | None, device: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for ``--model``: the embedded model when ``name`` is None, in eval mode."""
+    import torch
+
+    if name is None:
+        from ..embedded import load_embedded_model
+
+        model, tokenizer = load_embedded_model()
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    if device is not None:
+        model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    return model.eval(), tokenizer
+
+
+def expert_spec(value: str) -> tuple[str, str]:
+    """``--expert NAME=DIR_OR_HUB_ID`` as (name, location)."""
+    name, sep, location = value.partition("=")
+    if not sep or not name or not location:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR_OR_HUB_ID, got {value!r}")
+    return name, location
+
+
+def add_expert_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--expert", dest="experts", action="append", type=expert_spec, required=required, metavar="NAME=DIR",
+        help="an expert adapter (folder or Hub id) under a name; repeat for a set",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dispatcher", choices=["prompt", "soft", "classifier"], default="prompt",
+        help="how the first pass picks experts: the paper's prompt-based task classification (default), "
+             "a soft mixture, or a trained classification expert (--classifier)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--classifier", default=None, metavar="DIR", help="classification expert for --dispatcher classifier"
+    )
+
+
+def expert_dict(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    experts = dict(pairs)
+    if len(experts) != len(pairs):
+        raise ValueError(f"expert names must differ: {', '.join(name for name, _ in pairs)}")
+    return experts
+
+
+def self_adaptive_model(args: argparse.Namespace, model: Any, tokenizer: Any) -> Any:
+    """A ``SelfAdaptiveModel`` over ``args.experts`` with ``args.dispatcher`` (its module loads only when needed)."""
+    from ..adaptive import SelfAdaptiveModel
+
+    if args.dispatcher == "classifier" and args.classifier is None:
+        raise ValueError("--dispatcher classifier needs --classifier DIR")
+    return SelfAdaptiveModel.from_pretrained(
+        model, experts=expert_dict(args.experts), dispatcher=args.dispatcher, tokenizer=tokenizer,
+        classifier=args.classifier,
+    )  # fmt: skip
+
+
+def as_prompt(text: str, tokenizer: Any, raw: bool = False) -> str | list[dict[str, str]]:
+    """A user's text as the model should see it: a chat message when the tokenizer has a chat template."""
+    return text if raw or getattr(tokenizer, "chat_template", None) is None else chat_prompt(text)
+
+
+def read_table(path: str | Path, prompt_column: str = "prompt") -> Dataset:
+    """A JSONL, CSV or Parquet file as a dataset whose prompts are in ``prompt``.
+
+    JSON lines keep their types (a prompt may be a list of chat messages); CSV cells stay strings.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            rows = [json.loads(line) for line in lines if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not JSON lines: {exc}") from None
+        data = Dataset.from_list(rows)
+    elif suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            data = Dataset.from_list(list(csv.DictReader(f)))
+    elif suffix == ".parquet":
+        data = Dataset.from_parquet(str(path))
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .csv or .parquet")
+    if len(data) == 0:
+        raise ValueError(f"{path} has no rows")
+    if prompt_column not in data.column_names:
+        raise ValueError(f"{path} has no {prompt_column!r} column; columns: {', '.join(data.column_names)}")
+    if prompt_column != "prompt":
+        data = data.remove_columns([c for c in ("prompt",) if c in data.column_names])
+        data = data.rename_column(prompt_column, "prompt")
+    return data
+
+
+def chat_prompts(data: Dataset, tokenizer: Any, raw: bool = False) -> Dataset:
+    """Turn a dataset's string prompts into chat messages (see :func:`as_prompt`); chat prompts stay."""
+    if raw or not isinstance(data[0]["prompt"], str):
+        return data
+    return data.map(lambda row: {"prompt": as_prompt(row["prompt"], tokenizer)})
+
+
+def exact_reward(answer_column: str = "answer", name: str = "exact_reward") -> RewardFunc:
+    """+1 when the stripped completion equals the stripped reference, for short free-form answers."""
+
+    def reward(completions: list, **columns: Any) -> list[float]:
+        return [
+            1.0 if completion_text(c).strip() == str(ref).strip() else -1.0
+            for c, ref in zip(completions, columns[answer_column], strict=True)
+        ]
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+# name: (factory, dataset columns the reward reads, what it checks)
+REWARDS: dict[str, tuple[Callable[[], RewardFunc], tuple[str, ...], str]] = {
+    "numeric": (numeric_reward, ("answer",), "the final number (#### n, \\boxed{n}, else the last number)"),
+    "numeric_first": (lambda: numeric_reward(position="first", name="numeric_first_reward"), ("answer",),
+                      "the first number stated (#### n or \\boxed{n} win)"),
+    "numeric_result": (lambda: numeric_reward(position="result", name="numeric_result_reward"), ("answer",),
+                       "the first result, reading a restated '3 + 5 = 8' as 8"),
+    "math": (math_reward, ("answer",), "the last \\boxed{} answer, MATH-normalised"),
+    "choice": (choice_reward, ("answer", "choice_labels"), "the option letter chosen"),
+    "code": (lambda: code_reward(assert_tests_program), ("test_list",),
+             "the code passes the row's assert statements (MBPP style), in the sandbox"),
+    "code_check": (lambda: code_reward(check_function_program), ("stub", "test", "entry_point"),
+                   "the completed function passes check(candidate) (HumanEval style), in the sandbox"),
+    "exact": (exact_reward, ("answer",), "the whole completion equals the answer"),
+}  # fmt: skip
+
+
+def rewards_help() -> str:
+    return "; ".join(
+        f"{name}: {info} (columns: {', '.join(cols)})" for name, (_, cols, info) in REWARDS.items()
+    )
+
+
+def make_reward(name: str, *datasets: Dataset | None) -> RewardFunc:
+    """The built-in reward ``name``, after checking every dataset has the columns it reads."""
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; built-in rewards: {', '.join(REWARDS)}")
+    factory, columns, _ = REWARDS[name]
+    for data in (d for d in datasets if d is not None):
+        missing = [c for c in columns if c not in data.column_names]
+        if missing:
+            raise ValueError(
+                f"reward {name!r} reads the column(s) {', '.join(missing)}, missing from a data file with "
+                f"columns {', '.join(data.column_names)}"
+            )
+    return factory()
+
+
+def print_json(value: Any) -> None:
+    """Machine-readable output: tensors and numpy values become lists and numbers."""
+
+    def default(obj: Any) -> Any:
+        return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+
+    print(json.dumps(value, indent=2, default=default))

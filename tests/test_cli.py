@@ -1,0 +1,266 @@
+"""The ``peft-svf`` command line on tiny models saved to disk (``--model DIR``): help, errors, and each command."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from peft_svf import SVFConfig
+from peft_svf.cli import main
+from peft_svf.cli.common import REWARDS
+from peft_svf.tasks import Task, evaluate, register_task
+from test_trainer_fixtures import adapter_config, prompts, starts_with, tiny_llama, tiny_tokenizer
+
+TOY_TASK = "toy_cli_starts_with_e"
+COMMANDS = {
+    "train": ["--task", "--data", "--reward", "--valid-data", "--test-data", "--model", "--steps", "--lr",
+              "--output-dir", "--adapter"],
+    "adapt": ["--data", "--reward", "--task", "--expert", "--output-dir", "--population-size", "--generations",
+              "--per-layer", "--model"],
+    "generate": ["--expert", "--dispatcher", "--classifier", "--max-new-tokens", "--model", "PROMPT"],
+    "chat": ["--expert", "--dispatcher", "--system", "--model"],
+    "eval": ["--task", "--adapter", "--expert", "--dispatcher", "--n", "--split", "--compare-base", "--model"],
+    "push": ["EXPERT_DIR", "REPO_ID", "--private", "--token", "--base-model", "--results"],
+}  # fmt: skip
+
+
+def _toy_split(split: str) -> Dataset:
+    return Dataset.from_dict({"prompt": prompts(32 if split == "train" else 16, seed=0 if split == "train" else 1)})
+
+
+@pytest.fixture(scope="module")
+def toy_task() -> str:
+    register_task(Task(TOY_TASK, "toy", _toy_split, starts_with, max_new_tokens=4), overwrite=True)
+    return TOY_TASK
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny Llama and its character tokenizer (with a chat template), saved like a Hub model."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    tokenizer = tiny_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def experts(model_dir, tmp_path_factory):
+    """Two SVF experts of the tiny model, made different by their random initial vectors."""
+    root = tmp_path_factory.mktemp("experts")
+    config = adapter_config("svf")
+    config.init_noise_std = 0.5
+    for seed, name in enumerate(("math", "code")):
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config)
+        model.save_pretrained(root / name)
+    return {"math": root / "math", "code": root / "code"}
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of one CLI call, whether it returned or exited through argparse."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_top_level_help_lists_every_command(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    for command in [*COMMANDS, "run"]:
+        assert re.search(rf"^\s+{command}\s", out, flags=re.MULTILINE), command
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_command_help_is_complete(command, capsys):
+    code, out, _ = run([command, "--help"], capsys)
+    assert code == 0
+    for flag in COMMANDS[command]:
+        assert flag in out, f"{command} --help does not mention {flag}"
+    assert "examples:" in out
+
+
+def test_train_help_lists_the_built_in_rewards(capsys):
+    _, out, _ = run(["train", "--help"], capsys)
+    assert all(name in out for name in REWARDS)
+
+
+def test_run_passes_every_flag_to_the_main_job(monkeypatch, capsys):
+    import peft_svf.pipeline
+
+    calls = []
+    monkeypatch.setattr(peft_svf.pipeline, "main", lambda argv: calls.append(argv) or 0)
+    assert run(["run", "--help", "--quick"], capsys)[0] == 0
+    assert calls == [["--help", "--quick"]]
+
+
+def test_run_help_shows_the_main_jobs_flags(capsys):
+    code, out, _ = run(["run", "--help"], capsys)
+    assert code == 0 and "usage:" in out and "--" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["frobnicate"],
+        ["train"],
+        ["train", "--task", "offline_math", "--data", "x.jsonl"],
+        ["train", "--task", "no_such_task"],
+        ["train", "--task", "offline_math", "--reward", "numeric"],
+        ["train", "--data", "{tmp}/missing.jsonl", "--reward", "numeric"],
+        ["train", "--data", "{tmp}/prompts.txt", "--reward", "numeric"],
+        ["train", "--data", "{tmp}/good.jsonl"],
+        ["train", "--data", "{tmp}/good.jsonl", "--reward", "choice"],
+        ["train", "--data", "{tmp}/good.jsonl", "--reward", "nope"],
+        ["train", "--task", "offline_math", "--steps", "many"],
+        ["eval"],
+        ["eval", "--task", "offline_math", "--expert", "no-equals-sign"],
+        ["eval", "--task", "offline_math", "--adapter", "a", "--expert", "m=b"],
+        ["generate", "hello"],
+        ["generate", "--expert", "math=x", "--dispatcher", "magic", "hello"],
+        ["adapt", "--data", "{tmp}/good.jsonl", "--expert", "math=x", "--output-dir", "{tmp}/o"],
+        ["adapt", "--data", "{tmp}/bad.jsonl", "--reward", "exact", "--expert", "math=x", "--output-dir", "{tmp}/o"],
+        ["push", "{tmp}", "org/name"],
+        ["push", "{tmp}"],
+    ],
+)  # fmt: skip
+def test_bad_arguments_give_one_line_and_exit_status_2(argv, tmp_path, capsys):
+    (tmp_path / "good.jsonl").write_text('{"prompt": "abc", "answer": "1"}\n')
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "abc"\n')
+    (tmp_path / "prompts.txt").write_text("abc\n")
+    code, out, err = run([a.format(tmp=tmp_path) for a in argv], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    command = argv[0] if argv[0] in [*COMMANDS, "run"] else None
+    assert lines[0].startswith(f"peft-svf {command}: error: " if command else "peft-svf: error: "), lines[0]
+    assert "Traceback" not in err
+
+
+def test_train_on_a_task_writes_adapter_results_and_card(toy_task, model_dir, tmp_path, capsys):
+    output = tmp_path / "run"
+    code, out, _ = run(
+        ["train", "--task", toy_task, "--model", model_dir, "--steps", 2, "--batch", 8, "--lr", 0.3,
+         "--eval-steps", 2, "--valid-n", 8, "--test-n", 8, "--output-dir", output, "--quiet"], capsys,
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads((output / "results.json").read_text())
+    assert results["task"] == toy_task and results["reward"] == "starts_with" and results["test_n"] == 8
+    assert {"base_test_accuracy", "expert_test_accuracy"} <= set(results)
+    assert (output / "expert" / "adapter_config.json").exists()
+    assert (output / "expert" / "adapter_model.safetensors").exists()
+    card = (output / "expert" / "README.md").read_text()
+    assert "peft-svf" in card and toy_task in card and "starts_with" in card and "official" in card
+    assert f"{100 * results['expert_test_accuracy']:.1f}%" in card
+    assert str(output / "expert") in out
+
+
+def test_train_on_jsonl_files_with_a_built_in_reward(model_dir, tmp_path, capsys):
+    for name, n in (("train", 16), ("valid", 4), ("test", 6)):
+        rows = [{"prompt": p, "answer": "e"} for p in prompts(n, seed=n)]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = tmp_path / "run"
+    code, _, _ = run(
+        ["train", "--data", tmp_path / "train.jsonl", "--valid-data", tmp_path / "valid.jsonl",
+         "--test-data", tmp_path / "test.jsonl", "--reward", "exact", "--model", model_dir, "--steps", 2,
+         "--batch", 8, "--eval-steps", 2, "--max-new-tokens", 3, "--output-dir", output, "--quiet"], capsys,
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads((output / "results.json").read_text())
+    assert results["task"] == "train" and results["reward"] == "exact_reward"
+    assert results["test_n"] == 6 and results["settings"]["max_new_tokens"] == 3
+    assert results["data"]["valid"].endswith("valid.jsonl")
+    # the validation file (4 rows), not the odd half of the training file, was used for validation
+    evals = [log for log in results["log_history"] if "eval_samples" in log]
+    assert evals and all(log["eval_samples"] == 4 for log in evals)
+    card = (output / "expert" / "README.md").read_text()
+    assert "exact_reward" in card and "valid.jsonl" in card
+
+
+def test_eval_prints_the_accuracy_that_evaluate_computes(toy_task, model_dir, experts, tmp_path, capsys):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    base = evaluate(AutoModelForCausalLM.from_pretrained(model_dir), toy_task, tokenizer, n=12, progress=False)
+    expert_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(experts["math"]))
+    expert = evaluate(expert_model, toy_task, tokenizer, n=12, progress=False)
+
+    code, out, _ = run(["eval", "--task", toy_task, "--model", model_dir, "--n", 12, "--quiet"], capsys)
+    assert code == 0
+    assert f"accuracy: {base.accuracy:.4f} ({base.correct}/12)" in out
+    output = tmp_path / "eval.json"
+    code, out, _ = run(
+        ["eval", "--task", toy_task, "--model", model_dir, "--n", 12, "--adapter", experts["math"],
+         "--compare-base", "--output", output, "--quiet"], capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert f"accuracy: {expert.accuracy:.4f} ({expert.correct}/12)" in out
+    assert f"base accuracy: {base.accuracy:.4f}" in out
+    saved = json.loads(output.read_text())
+    assert saved["accuracy"] == expert.accuracy
+    assert [r["completion"] for r in saved["records"]] == [r["completion"] for r in expert.records]
+
+
+def _self_adaptive(model_dir, experts):
+    from peft_svf.adaptive import SelfAdaptiveModel
+
+    return SelfAdaptiveModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(model_dir), experts={k: str(v) for k, v in experts.items()},
+        tokenizer=AutoTokenizer.from_pretrained(model_dir),
+    )  # fmt: skip
+
+
+def test_generate_prints_the_dispatch_decision(model_dir, experts, capsys):
+    from peft_svf.cli.common import as_prompt
+    from peft_svf.cli.generate import describe
+
+    sam = _self_adaptive(model_dir, experts)
+    expected = [describe(d) for d in sam.dispatch([as_prompt(p, sam.tokenizer) for p in ("abc", "dcba")])]
+    code, out, _ = run(
+        ["generate", "--model", model_dir, "--expert", f"math={experts['math']}", "--expert",
+         f"code={experts['code']}", "--max-new-tokens", 4, "abc", "dcba"], capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert out.count("[dispatch: ") == 2
+    assert expected[0] in out and expected[1] in out
+    assert ">>> abc" in out and ">>> dcba" in out
+    assert "math=" in expected[0] and "code=" in expected[0]
+
+
+def test_chat_answers_each_turn_with_its_decision(model_dir, experts, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("abc\ndef\n/exit\n"))
+    code, out, _ = run(
+        ["chat", "--model", model_dir, "--expert", f"math={experts['math']}", "--expert", f"code={experts['code']}",
+         "--max-new-tokens", 3], capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert out.count("[dispatch: ") == 2 and out.count("model> ") == 2
+
+
+def test_adapt_writes_the_mixture_as_an_adapter(model_dir, experts, tmp_path, capsys):
+    data = tmp_path / "few_shot.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "answer": "e"}) + "\n" for p in prompts(4)))
+    output = tmp_path / "adapted"
+    code, out, _ = run(
+        ["adapt", "--model", model_dir, "--expert", f"math={experts['math']}", "--expert", f"code={experts['code']}",
+         "--data", data, "--reward", "exact", "--population-size", 4, "--generations", 1, "--max-new-tokens", 2,
+         "--output-dir", output, "--quiet"], capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert (output / "adapter_config.json").exists() and (output / "adapter_model.safetensors").exists()
+    results = json.loads((output / "results.json").read_text())
+    assert results["method"] == "cem" and set(results["alpha"]) == {"math", "code"}
+    assert results["experts"] == {k: str(v) for k, v in experts.items()}
+    assert "cross-entropy method" in (output / "README.md").read_text()
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(output))
+    assert isinstance(reloaded.peft_config["default"], SVFConfig)
+    assert '"score"' in out
