@@ -96,8 +96,10 @@ def mixture_vectors(model: PeftModel, alpha: Alpha) -> tuple[str, float, dict[st
     for module, layer in layers.items():
         weights = _layer_weights(alpha, module)
         vectors[module], gains[module] = _official_mix(layer, weights, max_mult, identity_mask)
+    # Finite p' only: a saturated mask needs p' = +-inf, which no adapter file may hold.
     exact = all(
-        _relative_error(singular_value_gain(vectors[m], layers[m].svf_S, "official", max_mult), gains[m])
+        torch.isfinite(vectors[m]).all()
+        and _relative_error(singular_value_gain(vectors[m], layers[m].svf_S, "official", max_mult), gains[m])
         <= _REPRESENTATION_TOL
         for m in layers
     )

@@ -75,6 +75,7 @@ class SelfAdaptiveModel(nn.Module):
         if not_svf:
             raise ValueError(f"experts {not_svf} are not SVF adapters")
         self.model = model
+        self.training = model.training  # mirror the wrapped model (train()/eval() reach it as a submodule)
         self.tokenizer = tokenizer
         self.experts = list(experts)
         self.descriptions = descriptions

@@ -1,0 +1,129 @@
+"""Few-shot CEM (strategy C): it finds the right expert, batched scoring equals member-by-member, results save."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from peft import PeftModel
+
+from peft_svf.adaptive import CEMResult, SelfAdaptiveModel, evaluate_population
+from peft_svf.adaptive.mixing import svf_layers
+from peft_svf.adaptive.prompts import render
+from tasks_tiny_lm import tiny_chat_lm
+from test_adaptive_helpers import EXPERTS, WORDS, tiny_experts
+
+QUESTIONS = ["what is two plus three", "write a function", "which letter is the largest", "the answer is"]
+TOKENS = 4
+
+
+def expert_answers(model, tokenizer, expert: str) -> list[str]:
+    """What ``expert`` alone answers greedily: the reward below calls exactly these answers correct."""
+    model.set_adapter(expert)
+    answers = []
+    for question in QUESTIONS:
+        ids = tokenizer(render(tokenizer, [{"role": "user", "content": question}]), return_tensors="pt",
+                        add_special_tokens=False)["input_ids"]  # fmt: skip
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, max_new_tokens=TOKENS, do_sample=False, pad_token_id=0)
+        answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    return answers
+
+
+def toy(expert: str = "code"):
+    """A few-shot set on which only ``expert`` (and mixtures close to it) answer right."""
+    model, tokenizer = tiny_experts(noise=1.5)
+    data = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": q}], "target": a}
+         for q, a in zip(QUESTIONS, expert_answers(model, tokenizer, expert), strict=True)]
+    )  # fmt: skip
+
+    def matches_target(completions, target, **kwargs):
+        return [1.0 if c == t else -1.0 for c, t in zip(completions, target, strict=True)]
+
+    return SelfAdaptiveModel(model, tokenizer, EXPERTS), data, matches_target
+
+
+def test_cem_finds_the_expert_that_is_right():
+    sam, data, reward = toy("code")
+    others = evaluate_population(
+        sam, [{"math": 1.0}, {"reasoning": 1.0}], data, reward, max_new_tokens=TOKENS
+    )
+    assert max(s.accuracy for s in others) < 1.0  # the other experts really answer differently
+    result = sam.adapt(
+        data, reward, population_size=12, generations=3, max_new_tokens=TOKENS, seed=0, progress=False
+    )
+    assert isinstance(result, CEMResult) and result.adapter_name == "few_shot"
+    assert result.score == 1.0
+    assert max(result.alpha, key=result.alpha.get) == "code"
+    assert len(result.history) == 3 and result.history[-1]["best_accuracy"] == 1.0
+    json.dumps(result.to_dict())
+    assert "few_shot" in sam.model.peft_config
+    assert not any(
+        name.startswith("__cem") for layer in svf_layers(sam.model).values() for name in layer.svf_vector
+    )
+
+
+def test_batched_population_scores_equal_member_by_member():
+    sam, data, reward = toy("code")
+    rng = np.random.default_rng(0)
+    alphas = [dict(zip(EXPERTS, rng.uniform(0, 1, 3).tolist(), strict=True)) for _ in range(6)]
+    alphas.append({"code": 1.0})
+    batched = evaluate_population(sam, alphas, data, reward, max_new_tokens=TOKENS, batched=True)
+    one_by_one = evaluate_population(sam, alphas, data, reward, max_new_tokens=TOKENS, batched=False)
+    assert [s.correct for s in batched] == [s.correct for s in one_by_one]
+    assert [s.accuracy for s in batched] == [s.accuracy for s in one_by_one]
+    for a, b in zip(batched, one_by_one, strict=True):
+        assert (a.log_likelihood is None) == (b.log_likelihood is None)
+        if a.log_likelihood is not None:
+            assert a.log_likelihood == pytest.approx(b.log_likelihood, abs=1e-4)
+    assert batched[-1].accuracy == 1.0 and batched[-1].log_likelihood < 0
+
+
+def test_log_likelihood_is_the_mean_token_log_probability_of_correct_answers():
+    sam, data, reward = toy("code")
+    (score,) = evaluate_population(sam, [{"code": 1.0}], data, reward, max_new_tokens=TOKENS)
+    model, tokenizer = sam.model, sam.tokenizer
+    model.set_adapter("code")
+    total, count = 0.0, 0
+    for question in QUESTIONS:
+        ids = tokenizer(render(tokenizer, [{"role": "user", "content": question}]), return_tensors="pt",
+                        add_special_tokens=False)["input_ids"]  # fmt: skip
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, max_new_tokens=TOKENS, do_sample=False, pad_token_id=0)
+            logp = torch.log_softmax(model(out).logits[0, :-1].double(), -1)
+        new = out[0, ids.shape[1] :]
+        total += logp[ids.shape[1] - 1 + torch.arange(len(new)), new].sum().item()
+        count += len(new)
+    assert score.log_likelihood == pytest.approx(total / count, abs=1e-4)
+
+
+def test_per_layer_normalised_cem_and_saved_result_round_trip(tmp_path):
+    sam, data, reward = toy("math")
+    result = sam.adapt(data, reward, population_size=4, generations=1, per_layer=True, normalize=True,
+                       adapter_name="cem_toy", max_new_tokens=TOKENS, progress=False)  # fmt: skip
+    modules = list(svf_layers(sam.model))
+    assert set(result.alpha) == set(EXPERTS) and all(set(a) == set(modules) for a in result.alpha.values())
+    for module in modules:
+        assert sum(result.alpha[e][module] for e in EXPERTS) == pytest.approx(1.0)
+    sam.model.save_pretrained(tmp_path, selected_adapters=["cem_toy"])
+    fresh, _ = tiny_chat_lm(WORDS)
+    loaded = PeftModel.from_pretrained(fresh, tmp_path / "cem_toy", adapter_name="cem_toy").eval()
+    sam.model.set_adapter("cem_toy")
+    ids = torch.arange(3, 14)[None]
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, sam.model(ids).logits)
+    with pytest.raises(ValueError, match="exists already"):
+        sam.adapt(data, reward, population_size=4, generations=1, adapter_name="cem_toy", progress=False)
+
+
+def test_cem_result_is_usable_as_a_fixed_mixture():
+    sam, data, reward = toy("code")
+    result = sam.adapt(data, reward, population_size=6, generations=1, max_new_tokens=TOKENS, progress=False)
+    sam.use_mixture(result.adapter_name)
+    out = sam.generate(prompts=[data[0]["prompt"]], max_new_tokens=TOKENS, do_sample=False)
+    sam.use_mixture(result.alpha)
+    assert torch.equal(sam.generate(prompts=[data[0]["prompt"]], max_new_tokens=TOKENS, do_sample=False), out)

@@ -1,0 +1,286 @@
+"""SelfAdaptiveModel: two-pass generation, routing, state hygiene, evaluate() and loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from peft_svf.adaptive import (
+    DispatchDecision,
+    PromptDispatcher,
+    SelfAdaptiveModel,
+    SoftPromptDispatcher,
+    dispatch_confusion,
+    mix_svf_adapters,
+)
+from peft_svf.adaptive.dispatch import label_first_tokens
+from peft_svf.adaptive.prompts import questions_from_ids, render
+from peft_svf.tasks import evaluate, generate_completions
+from tasks_tiny_lm import tiny_chat_lm
+from test_adaptive_helpers import (
+    EXPERTS,
+    WORDS,
+    ScriptedDispatcher,
+    assert_same_state,
+    one_hot,
+    snapshot,
+    tiny_experts,
+)
+
+QUESTIONS = ["what is two plus three", "write a function", "which letter is the largest", "the answer"]
+GREEDY = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
+
+
+def chat(question: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": question}]
+
+
+def alone(model, tokenizer, question: str, adapter: str | None, **kwargs) -> torch.Tensor:
+    """Greedy new tokens for one prompt, generated alone with one adapter active (None: base)."""
+    ids = tokenizer(render(tokenizer, chat(question)), return_tensors="pt", add_special_tokens=False)[
+        "input_ids"
+    ]
+    with torch.no_grad():
+        if adapter is None:
+            with model.disable_adapter():
+                out = model.generate(input_ids=ids, pad_token_id=tokenizer.pad_token_id, **kwargs)
+        else:
+            model.set_adapter(adapter)
+            out = model.generate(input_ids=ids, pad_token_id=tokenizer.pad_token_id, **kwargs)
+    return out[0, ids.shape[1] :]
+
+
+def new_tokens(out: torch.Tensor, width: int) -> list[torch.Tensor]:
+    return list(out[:, width:])
+
+
+def test_mixed_dispatch_batch_equals_one_prompt_at_a_time():
+    model, tokenizer = tiny_experts()
+    mix_svf_adapters(model, {"math": 0.2, "code": 0.5}, "ref")
+    soft = DispatchDecision("code", {"math": 0.2, "code": 0.5, "reasoning": 0.0})
+    table = {
+        QUESTIONS[0]: one_hot("math"),
+        QUESTIONS[1]: soft,
+        QUESTIONS[2]: one_hot(None),
+        QUESTIONS[3]: one_hot("code"),
+    }
+    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(table))
+    out = sam.generate(prompts=[chat(q) for q in QUESTIONS], **GREEDY)
+    width = out.shape[1] - GREEDY["max_new_tokens"]
+    expected = [alone(model, tokenizer, QUESTIONS[0], "math", **GREEDY), alone(model, tokenizer, QUESTIONS[1], "ref", **GREEDY),
+                alone(model, tokenizer, QUESTIONS[2], None, **GREEDY), alone(model, tokenizer, QUESTIONS[3], "code", **GREEDY)]  # fmt: skip
+    for got, want in zip(new_tokens(out, width), expected, strict=True):
+        assert torch.equal(got, want)
+    assert len({tuple(t.tolist()) for t in expected}) > 1  # the routes really differ
+    assert [d.label for d in sam.last_decisions] == ["math", "code", "others", "code"]
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_single_expert_batch_equals_that_expert(merge):
+    model, tokenizer = tiny_experts()
+    sam = SelfAdaptiveModel(
+        model,
+        tokenizer,
+        EXPERTS,
+        dispatcher=ScriptedDispatcher(dict.fromkeys(QUESTIONS, one_hot("reasoning"))),
+        merge=merge,
+    )
+    out = sam.generate(prompts=[chat(q) for q in QUESTIONS[:2]], **GREEDY)
+    width = out.shape[1] - GREEDY["max_new_tokens"]
+    for got, question in zip(new_tokens(out, width), QUESTIONS[:2], strict=True):
+        assert torch.equal(got, alone(model, tokenizer, question, "reasoning", **GREEDY))
+
+
+def routes_for_state_tests():
+    return {QUESTIONS[0]: one_hot("math"), QUESTIONS[1]: DispatchDecision(None, {"math": 0.5, "code": 0.5}),
+            QUESTIONS[2]: one_hot(None), QUESTIONS[3]: one_hot("code")}  # fmt: skip
+
+
+@pytest.mark.parametrize("questions", [QUESTIONS, QUESTIONS[3:]], ids=["mixed", "single-merged"])
+def test_model_state_unchanged_after_generate(questions):
+    model, tokenizer = tiny_experts()
+    model.set_adapter("code")
+    model.train()
+    model.base_model.model.lm_head.train(False)  # an irregular training pattern must survive too
+    before = snapshot(model)
+    sam = SelfAdaptiveModel(
+        model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests())
+    )
+    sam.generate(prompts=[chat(q) for q in questions], max_new_tokens=3)
+    assert_same_state(before, snapshot(model))
+
+
+@pytest.mark.parametrize("questions", [QUESTIONS, QUESTIONS[3:]], ids=["mixed", "single-merged"])
+def test_model_state_unchanged_after_an_error_inside_generation(questions):
+    model, tokenizer = tiny_experts()
+    model.set_adapter("math")
+    before = snapshot(model)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    handle = model.base_model.model.model.layers[1].register_forward_pre_hook(explode)
+    sam = SelfAdaptiveModel(
+        model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests())
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        sam.generate(prompts=[chat(q) for q in questions], max_new_tokens=3)
+    handle.remove()
+    assert_same_state(before, snapshot(model))
+
+
+def test_prompt_dispatcher_parses_boxed_labels_and_falls_back_to_base(monkeypatch):
+    model, tokenizer = tiny_experts()
+    answers = ["Classification: \\boxed{Code}", "I think math", "\\boxed{others}", "\\boxed{reasoning}"]
+    seen = {}
+
+    def fake_pass_one(model_, tokenizer_, texts, rows, **kwargs):
+        seen["texts"], seen["rows"] = texts, rows
+        return answers, None, None
+
+    monkeypatch.setattr("peft_svf.adaptive.dispatch.greedy_texts", fake_pass_one)
+    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="prompt")
+    decisions = sam.dispatch([chat(q) for q in QUESTIONS])
+    assert [d.label for d in decisions] == ["code", "others", "others", "reasoning"]
+    assert decisions[0].alpha == {"math": 0.0, "code": 1.0, "reasoning": 0.0}
+    assert decisions[1].alpha == dict.fromkeys(EXPERTS, 0.0) and decisions[1].route() == ("__base__", None)
+    assert seen["rows"] == ["__base__"] * 4  # strategy A: pass 1 with the base weights
+    assert (
+        "'code', 'math'" not in seen["texts"][0]
+        and "'math', 'code', 'reasoning', or 'others'" in seen["texts"][0]
+    )
+    assert QUESTIONS[0] in seen["texts"][0]
+
+
+def test_unparsable_pass_one_answer_generates_with_base_weights():
+    model, tokenizer = tiny_experts()
+    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=PromptDispatcher(max_new_tokens=4))
+    out = sam.generate(prompts=[chat(q) for q in QUESTIONS[:1]], **GREEDY)
+    assert sam.last_decisions[0].label == "others"  # a random tiny model never writes \boxed{label}
+    assert torch.equal(
+        out[0, -GREEDY["max_new_tokens"] :], alone(model, tokenizer, QUESTIONS[0], None, **GREEDY)
+    )
+
+
+def test_classifier_dispatcher_runs_pass_one_with_the_classification_expert(monkeypatch):
+    model, tokenizer = tiny_experts()
+    mix_svf_adapters(model, {"math": 1.0, "code": 1.0}, "task_classifier")
+    rows = {}
+    monkeypatch.setattr("peft_svf.adaptive.dispatch.greedy_texts",
+                        lambda m, t, texts, r, **k: (rows.setdefault("rows", r), ["\\boxed{math}"] * len(texts), None, None)[1:])  # fmt: skip
+    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="classifier")
+    assert [d.label for d in sam.dispatch(QUESTIONS[:2])] == ["math", "math"]
+    assert rows["rows"] == ["task_classifier"] * 2
+    with pytest.raises(ValueError, match="classification expert"):
+        SelfAdaptiveModel(tiny_experts()[0], tokenizer, EXPERTS, dispatcher="classifier")
+
+
+def test_soft_dispatch_reads_label_probabilities_after_boxed():
+    model, tokenizer = tiny_experts()
+    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="soft")
+    decisions = sam.dispatch([chat(q) for q in QUESTIONS[:2]])
+    labels = [*EXPERTS, "others"]
+    tokens = list(label_first_tokens(tokenizer, "Classification: \\boxed{", labels).values())
+    for decision, question in zip(decisions, QUESTIONS[:2], strict=True):
+        text = sam.dispatcher.pass_one_texts([chat(question)])[0]
+        assert text.endswith("Classification: \\boxed{")
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad(), model.disable_adapter():
+            probs = torch.softmax(model(ids).logits[0, -1].double(), -1)[tokens]
+        probs = probs / probs.sum()
+        assert decision.probabilities == pytest.approx(
+            dict(zip(labels, probs.tolist(), strict=True)), abs=1e-5
+        )
+        assert decision.alpha == pytest.approx({e: decision.probabilities[e] for e in EXPERTS})
+        assert decision.base == pytest.approx(decision.probabilities["others"])
+        assert decision.label == max(labels, key=decision.probabilities.get)
+    out = sam.generate(prompts=[chat(q) for q in QUESTIONS[:2]], max_new_tokens=3)  # per-prompt mixtures
+    assert out.shape[0] == 2
+
+
+def test_soft_dispatch_refuses_labels_sharing_a_first_token():
+    _, tokenizer = tiny_chat_lm(["code", "x"])
+    with pytest.raises(ValueError, match="distinct"):  # both unknown words: the same <unk> token
+        label_first_tokens(tokenizer, "x ", ["code", "zebra", "yak"])
+
+
+def test_questions_are_recovered_from_chat_token_ids():
+    _, tokenizer = tiny_experts()
+    texts = [render(tokenizer, chat(q)) for q in QUESTIONS[:2]]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    assert questions_from_ids(tokenizer, enc["input_ids"], enc["attention_mask"]) == QUESTIONS[:2]
+
+
+def test_evaluate_accepts_a_self_adaptive_model():
+    model, tokenizer = tiny_experts()
+    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="soft")
+    sam.use_mixture("code")
+    result = evaluate(sam, "offline_math", tokenizer, split="test", n=3, max_new_tokens=4, progress=False)
+    model.set_adapter("code")
+    plain = evaluate(model, "offline_math", tokenizer, split="test", n=3, max_new_tokens=4, progress=False)
+    assert [r["completion"] for r in result.records] == [r["completion"] for r in plain.records]
+    assert len(sam.last_decisions) == 3 and all(d.adapter == "code" for d in sam.last_decisions)
+    sam.use_mixture(None)
+    assert isinstance(sam.dispatcher, SoftPromptDispatcher)
+    completions = generate_completions(
+        sam, tokenizer, [chat(q) for q in QUESTIONS], max_new_tokens=2, progress=False
+    )
+    assert len(completions) == 4 and not sam.training
+
+
+def test_use_mixture_alpha_equals_the_mixed_adapter():
+    model, tokenizer = tiny_experts()
+    alpha = {"math": 0.3, "code": 0.6, "reasoning": 0.1}
+    mix_svf_adapters(model, alpha, "mixed")
+    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS)
+    sam.use_mixture(alpha)
+    out = sam.generate(prompts=[chat(QUESTIONS[0])], **GREEDY)
+    assert torch.equal(out[0, -5:], alone(model, tokenizer, QUESTIONS[0], "mixed", **GREEDY))
+
+
+def test_from_pretrained_loads_local_expert_dirs(tmp_path):
+    model, tokenizer = tiny_experts()
+    model.save_pretrained(tmp_path / "experts")
+    base_dir = tmp_path / "base"
+    fresh, _ = tiny_chat_lm(WORDS)
+    fresh.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    dirs = {name: tmp_path / "experts" / name for name in EXPERTS}  # PEFT saves named adapters in subfolders
+    sam = SelfAdaptiveModel.from_pretrained(
+        base_dir, experts=dirs, dispatcher="prompt", classifier=tmp_path / "experts" / "code"
+    )
+    assert isinstance(sam.model, PeftModel) and sam.experts == EXPERTS
+    assert "task_classifier" in sam.model.peft_config
+    ids = torch.arange(3, 12)[None]
+    with torch.no_grad():
+        for name in EXPERTS:
+            model.set_adapter(name)
+            sam.model.set_adapter(name)
+            assert torch.equal(model(ids).logits, sam.model(ids).logits)
+    assert sam.tokenizer.chat_template == tokenizer.chat_template
+
+
+def test_dispatch_confusion_counts():
+    model, tokenizer = tiny_experts()
+    table = {"q1": one_hot("math"), "q2": one_hot("code"), "q3": one_hot(None), "q4": one_hot("math")}
+    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(table))
+    confusion = dispatch_confusion(sam, {"math": ["q1", "q2"], "code": ["q3", "q4", "q2"]})
+    assert confusion["labels"] == ["math", "code", "others"]
+    assert confusion["matrix"] == [[1, 1, 0], [1, 1, 1], [0, 0, 0]]
+    assert confusion["fractions"][0] == [0.5, 0.5, 0.0] and confusion["n"] == 5
+    json.dumps(confusion)
+    assert dispatch_confusion(sam.dispatcher, {"math": ["q1"]})["matrix"][0][0] == 1
+
+
+def test_generate_argument_errors():
+    model, tokenizer = tiny_experts()
+    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS)
+    with pytest.raises(ValueError, match="adapter_names"):
+        sam.generate(prompts=["x"], adapter_names=["math"])
+    with pytest.raises(ValueError, match="not adapters"):
+        SelfAdaptiveModel(model, tokenizer, ["math", "typo"])
+    with pytest.raises(ValueError, match="unknown dispatcher"):
+        SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="psychic")
