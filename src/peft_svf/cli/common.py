@@ -26,6 +26,13 @@ from ..tasks.rewards import (
 # Mistakes a user can make (bad file, unknown task or reward, wrong columns, no network for a Hub id): one
 # line and exit status 2. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, KeyError, OSError, ImportError, RewardError)
+# The Hub client and the HTTP stacks under it raise their own types for a missing connection or permission.
+NETWORK_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3")
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user's or the environment's problem (one line), not a bug (traceback)."""
+    return isinstance(exc, USER_ERRORS) or type(exc).__module__.startswith(NETWORK_MODULES)
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,9 +44,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (KeyError's without the quotes its str() adds)."""
+    """An exception's message on one line (KeyError's without the quotes its str() adds); network errors,
+    whose messages rarely say what failed, are prefixed with their type."""
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(str(text).split()) or type(exc).__name__
+    text = " ".join(str(text).split()) or type(exc).__name__
+    return text if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {text}"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True) -> None:
