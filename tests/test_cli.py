@@ -272,3 +272,17 @@ def test_adapt_writes_the_mixture_as_an_adapter(model_dir, experts, tmp_path, ca
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(output))
     assert isinstance(reloaded.peft_config["default"], SVFConfig)
     assert '"score"' in out
+
+
+def test_data_files_in_every_format_read_the_same(tmp_path):
+    from peft_svf.cli.common import read_table
+
+    rows = [{"question": "1+1", "answer": "2"}, {"question": "2+3", "answer": "5"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (tmp_path / "d.csv").write_text("question,answer\n1+1,2\n2+3,5\n")
+    Dataset.from_list(rows).to_parquet(tmp_path / "d.parquet")
+    for suffix in ("jsonl", "json", "csv", "parquet"):
+        data = read_table(tmp_path / f"d.{suffix}", prompt_column="question")
+        assert set(data.column_names) == {"prompt", "answer"}
+        assert data["prompt"] == ["1+1", "2+3"] and data["answer"] == ["2", "5"], suffix

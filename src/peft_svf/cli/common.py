@@ -129,7 +129,7 @@ def as_prompt(text: str, tokenizer: Any, raw: bool = False) -> str | list[dict[s
 
 
 def read_table(path: str | Path, prompt_column: str = "prompt") -> Dataset:
-    """A JSONL, CSV or Parquet file as a dataset whose prompts are in ``prompt``.
+    """A JSON lines (or JSON list), CSV or Parquet file as a dataset whose prompts are in ``prompt``.
 
     JSON lines keep their types (a prompt may be a list of chat messages); CSV cells stay strings.
     """
@@ -138,11 +138,17 @@ def read_table(path: str | Path, prompt_column: str = "prompt") -> Dataset:
         raise FileNotFoundError(f"no such file: {path}")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        try:
-            rows = [json.loads(line) for line in lines if line.strip()]
+        text = path.read_text(encoding="utf-8")
+        try:  # JSON lines, or one JSON list of objects
+            rows = (
+                json.loads(text)
+                if text.lstrip().startswith("[")
+                else [json.loads(line) for line in text.splitlines() if line.strip()]
+            )
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not JSON lines: {exc}") from None
+            raise ValueError(f"{path} is neither JSON lines nor a JSON list: {exc}") from None
+        if not all(isinstance(row, dict) for row in rows):
+            raise ValueError(f"{path}: every row must be a JSON object with a prompt column")
         data = Dataset.from_list(rows)
     elif suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
@@ -156,7 +162,8 @@ def read_table(path: str | Path, prompt_column: str = "prompt") -> Dataset:
     if prompt_column not in data.column_names:
         raise ValueError(f"{path} has no {prompt_column!r} column; columns: {', '.join(data.column_names)}")
     if prompt_column != "prompt":
-        data = data.remove_columns([c for c in ("prompt",) if c in data.column_names])
+        if "prompt" in data.column_names:
+            data = data.remove_columns("prompt")
         data = data.rename_column(prompt_column, "prompt")
     return data
 
