@@ -17,6 +17,7 @@ from peft_svf.adaptive import (
     mix_svf_adapters,
 )
 from peft_svf.adaptive.dispatch import label_first_tokens
+from peft_svf.adaptive.generation import greedy_texts, last_token_logits, shared_prefix_length
 from peft_svf.adaptive.prompts import questions_from_ids, render
 from peft_svf.tasks import evaluate, generate_completions
 from tasks_tiny_lm import tiny_chat_lm
@@ -284,3 +285,29 @@ def test_generate_argument_errors():
         SelfAdaptiveModel(model, tokenizer, ["math", "typo"])
     with pytest.raises(ValueError, match="unknown dispatcher"):
         SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="psychic")
+
+
+def test_pass_one_shared_prefix_cache_is_exact():
+    model, tokenizer = tiny_experts()
+    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="prompt")
+    texts = sam.dispatcher.pass_one_texts([chat(q) for q in QUESTIONS])
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert shared_prefix_length(rows) > 100  # the classification instructions
+    kwargs = {"max_new_tokens": 6, "batch_size": 3}
+    shared = greedy_texts(model, tokenizer, texts, ["__base__"] * 4, share_prefix=True, **kwargs)
+    plain = greedy_texts(model, tokenizer, texts, ["__base__"] * 4, share_prefix=False, **kwargs)
+    assert shared[0] == plain[0]
+    assert all(torch.equal(a, b) for a, b in zip(shared[2], plain[2], strict=True))
+    with torch.no_grad(), model.disable_adapter():
+        cached = last_token_logits(model, rows, tokenizer.pad_token_id, batch_size=3)
+        alone_logits = torch.stack([model(torch.tensor([r])).logits[0, -1] for r in rows])
+    torch.testing.assert_close(cached, alone_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_pass_one_rows_stop_once_answered():
+    model, tokenizer = tiny_experts()
+    texts = [render(tokenizer, chat(q)) for q in QUESTIONS[:3]]
+    completions, _, generated = greedy_texts(model, tokenizer, texts, ["math"] * 3, max_new_tokens=8,
+                                             stop_when=lambda text: len(text.split()) >= 2)  # fmt: skip
+    assert [len(c.split()) for c in completions] == [2, 2, 2]
+    assert all(len(g) < 8 and g[-1] != tokenizer.pad_token_id for g in generated)

@@ -9,6 +9,7 @@ experts by them; :class:`FixedMixture` gives every prompt one mixture (how a CEM
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..tasks.classification import OTHERS, classification_prompt, parse_task_label
-from .generation import greedy_texts, single_adapter
+from .generation import greedy_texts, last_token_logits, single_adapter
 from .mixing import BASE, Alpha
 from .prompts import Prompt, question_of, render
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 CLASSIFIER_ADAPTER = "task_classifier"
 ASSISTANT_PREFIX = "Classification: \\boxed{"
+_CLOSED_BOX = re.compile(r"\\boxed\{[^{}]*\}")
 
 Template = Callable[[str, list[str], Mapping[str, str] | None], Any]
 
@@ -124,14 +126,19 @@ class PromptDispatcher(Dispatcher):
             for p in prompts
         ]
 
+    def _answered(self, completion: str) -> bool:
+        """Stop a row once it holds a complete ``\\boxed{...}``: that is all pass 1 reads."""
+        return _CLOSED_BOX.search(self.assistant_prefix + completion) is not None
+
     def dispatch(self, prompts: Sequence[Prompt]) -> list[DispatchDecision]:
         sam = self._bound()
         if not prompts:
             return []
         texts = self.pass_one_texts(prompts)
         rows = [self.adapter_name or BASE] * len(texts)
-        answers, _, _ = greedy_texts(sam.model, sam.tokenizer, texts, rows, max_new_tokens=self.max_new_tokens,
-                                     batch_size=self.batch_size)  # fmt: skip
+        answers, _, _ = greedy_texts(
+            sam.model, sam.tokenizer, texts, rows, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+            share_prefix=True, stop_when=self._answered)  # fmt: skip
         decisions = []
         for answer in answers:
             text = self.assistant_prefix + answer
@@ -192,23 +199,15 @@ class SoftPromptDispatcher(PromptDispatcher):
             return []
         experts = list(sam.experts)
         labels = [*experts, OTHERS]
-        token_ids = torch.tensor(
-            list(label_first_tokens(sam.tokenizer, self.assistant_prefix, labels).values())
-        )
-        texts = self.pass_one_texts(prompts)
+        token_ids = list(label_first_tokens(sam.tokenizer, self.assistant_prefix, labels).values())
         if sam.tokenizer.pad_token_id is None:
             sam.tokenizer.pad_token = sam.tokenizer.eos_token
-        device = next(sam.model.parameters()).device
-        size = self.batch_size or len(texts)
-        probabilities = []
+        rows = [sam.tokenizer(t, add_special_tokens=False)["input_ids"] for t in self.pass_one_texts(prompts)]
         with single_adapter(sam.model, self.adapter_name or BASE, merge=False):
-            for start in range(0, len(texts), size):
-                enc = sam.tokenizer(texts[start : start + size], return_tensors="pt", padding=True,
-                                    padding_side="left", add_special_tokens=False).to(device)  # fmt: skip
-                logits = sam.model(**enc).logits[:, -1].float()
-                probabilities.append(torch.softmax(logits, dim=-1)[:, token_ids.to(device)].cpu())
+            logits = last_token_logits(sam.model, rows, sam.tokenizer.pad_token_id, self.batch_size)
+        probabilities = torch.softmax(logits, dim=-1)[:, token_ids].cpu()
         decisions = []
-        for row in torch.cat(probabilities).double():
+        for row in probabilities.double():
             p = row / row.sum()
             probs = dict(zip(labels, p.tolist(), strict=True))
             label = labels[int(p.argmax())]

@@ -9,16 +9,20 @@ by a merge/unmerge round trip). Rows with different adapters go through one mixe
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from peft import PeftModel
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.pytorch_utils import Conv1D
 
 from .mixing import BASE, svf_layers
+
+# Below this many common tokens, caching a shared prompt prefix is not worth a separate forward pass.
+MIN_SHARED_PREFIX = 16
 
 
 @contextmanager
@@ -123,6 +127,46 @@ def routed_generate(
         return model.generate(**generate_kwargs, adapter_names=names)
 
 
+def _pad(
+    rows: Sequence[Sequence[int]], pad: int, device: torch.device, left: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span], mask[i, span] = torch.tensor(list(r), dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own."""
+    limit = min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _prefix_cache(model: PeftModel, prefix: Sequence[int], batch: int, device: torch.device) -> Any:
+    """The KV cache of ``prefix``, computed once and repeated for ``batch`` rows."""
+    out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True)
+    cache = out.cache if "cache" in out else out.past_key_values
+    cache.batch_repeat_interleave(batch)
+    return cache
+
+
+class _RowsDone(StoppingCriteria):
+    """Per-row stop once the text generated so far satisfies ``done`` (e.g. holds a complete ``\\boxed{}``)."""
+
+    def __init__(self, tokenizer: Any, width: int, done: Callable[[str], bool]) -> None:
+        self.tokenizer, self.width, self.done = tokenizer, width, done
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
+        return torch.tensor([self.done(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
 def greedy_texts(
     model: PeftModel,
     tokenizer: Any,
@@ -132,34 +176,78 @@ def greedy_texts(
     max_new_tokens: int,
     batch_size: int | None = None,
     merge: bool = False,
+    share_prefix: bool = False,
+    stop_when: Callable[[str], bool] | None = None,
 ) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
     """Greedy completions of rendered ``texts`` (row ``i`` under adapter ``rows[i]``), in input order.
 
-    Returns the decoded completions, each row's prompt ids and each row's generated ids (up to and
-    including the first end-of-sequence token), so callers can score exactly what was generated.
+    ``share_prefix``: when a chunk's rows share one adapter, the tokens they all start with (pass 1's
+    long classification instructions) are run once and their KV cache reused by every row, which is
+    exact. ``stop_when(text)`` ends a row early. Returns the decoded completions, each row's prompt ids
+    and its generated ids (up to and including the first end-of-sequence token).
     """
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    pad = tokenizer.pad_token_id
     device = next(model.parameters()).device
     eos = model.generation_config.eos_token_id
     eos_ids = {tokenizer.eos_token_id} | ({eos} if isinstance(eos, int) else set(eos or []))
+    token_rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     size = batch_size or len(texts)
+    greedy = {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": None, "top_p": None,
+              "top_k": None, "pad_token_id": pad}  # fmt: skip
     completions, prompts, generated = [], [], []
     for start in range(0, len(texts), size):
-        chunk = list(texts[start : start + size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left",
-                        add_special_tokens=False).to(device)  # fmt: skip
+        chunk, chunk_rows = token_rows[start : start + size], list(rows[start : start + size])
+        shared = shared_prefix_length(chunk) if share_prefix and len(set(chunk_rows)) == 1 else 0
+        suffix_ids, suffix_mask = _pad([r[shared:] for r in chunk], pad, device, left=True)
+        prefix = torch.tensor([chunk[0][:shared]] * len(chunk), dtype=torch.long, device=device)
+        ids, mask = torch.cat([prefix, suffix_ids], 1), torch.cat([torch.ones_like(prefix), suffix_mask], 1)
+        width = ids.shape[1]
+        if stop_when is not None:
+            greedy["stopping_criteria"] = StoppingCriteriaList([_RowsDone(tokenizer, width, stop_when)])
         with torch.inference_mode():
-            out = routed_generate(
-                model, rows[start : start + size], merge=merge, **enc, max_new_tokens=max_new_tokens,
-                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
-        width = enc["input_ids"].shape[1]
-        for i, sequence in enumerate(out):
+            if shared:
+                with single_adapter(model, chunk_rows[0], merge):
+                    cache = _prefix_cache(model, chunk[0][:shared], len(chunk), device)
+                    out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, **greedy)
+            else:
+                out = routed_generate(
+                    model, chunk_rows, merge=merge, input_ids=ids, attention_mask=mask, **greedy
+                )
+        for row, sequence in zip(chunk, out, strict=True):
             new = sequence[width:]
             stops = [j for j, token in enumerate(new.tolist()) if token in eos_ids]
             new = new[: stops[0] + 1] if stops else new
-            prompts.append(enc["input_ids"][i][enc["attention_mask"][i].bool()])
+            while stop_when is not None and len(new) and new[-1] == pad:  # rows stopped early are padded
+                new = new[:-1]
+            prompts.append(torch.tensor(row, dtype=torch.long, device=device))
             generated.append(new)
             completions.append(tokenizer.decode(new, skip_special_tokens=True))
     return completions, prompts, generated
+
+
+@torch.inference_mode()
+def last_token_logits(
+    model: PeftModel, token_rows: Sequence[Sequence[int]], pad: int, batch_size: int | None = None
+) -> torch.Tensor:
+    """Next-token logits after each row (float32), sharing the rows' common prefix as ``greedy_texts`` does.
+
+    Call it inside the adapter context the rows should see (e.g. :func:`single_adapter`).
+    """
+    device = next(model.parameters()).device
+    size = batch_size or len(token_rows)
+    result = []
+    for start in range(0, len(token_rows), size):
+        chunk = token_rows[start : start + size]
+        shared = shared_prefix_length(chunk)
+        ids, mask = _pad([r[shared:] for r in chunk], pad, device, left=False)  # right padding: no holes
+        kwargs: dict[str, Any] = {}
+        if shared:
+            kwargs["cache"] = _prefix_cache(model, chunk[0][:shared], len(chunk), device)
+            mask = torch.cat([torch.ones((len(chunk), shared), dtype=torch.long, device=device), mask], 1)
+        positions = shared + torch.arange(ids.shape[1], device=device).expand_as(ids)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
+        last = torch.tensor([len(r) - shared - 1 for r in chunk], device=device)
+        result.append(logits[torch.arange(len(chunk), device=device), last].float())
+    return torch.cat(result)
