@@ -17,6 +17,7 @@ from .common import (
     add_expert_arguments,
     add_model_arguments,
     chat_prompts,
+    description,
     load_model,
     make_reward,
     print_json,
@@ -40,7 +41,7 @@ or use it in `peft-svf eval --adapter`) and OUTPUT_DIR/results.json (alpha, few-
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         NAME, help="few-shot CEM adaptation from a file of examples, writing a new adapter",
-        description=__doc__.split(": ", 1)[1], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description(__doc__), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--data", type=Path, required=True, metavar="FILE",
                         help="few-shot examples: .jsonl, .csv or .parquet with a prompt column and the reward's columns")  # fmt: skip
@@ -54,7 +55,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="feed string prompts as they are instead of as a user chat message")  # fmt: skip
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write the new adapter")
     add_model_arguments(parser)
-    add_expert_arguments(parser, required=True)
+    add_expert_arguments(parser, required=True, dispatch=False)
     cem = parser.add_argument_group("the cross-entropy method")
     cem.add_argument("--population-size", type=int, default=32, help="mixtures per generation (default: 32)")
     cem.add_argument("--elite-ratio", type=float, default=0.2, help="share kept to refit (default: 0.2)")
@@ -79,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     data = read_table(args.data, args.prompt_column)
     reward = get_task(args.task).reward if args.task else make_reward(args.reward, data)
     model, tokenizer = load_model(args.model, args.device)
-    sam = self_adaptive_model(args, model, tokenizer)
+    sam = self_adaptive_model(args.experts, model, tokenizer)
     result = sam.adapt(
         chat_prompts(data, tokenizer, args.raw_prompts), reward, population_size=args.population_size,
         elite_ratio=args.elite_ratio, generations=args.generations, per_layer=args.per_layer,

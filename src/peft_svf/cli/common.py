@@ -51,6 +51,12 @@ def one_line(exc: BaseException) -> str:
     return text if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {text}"
 
 
+def description(doc: str) -> str:
+    """A command's ``--help`` description: its module docstring after "``peft-svf cmd``: ", capitalised."""
+    text = doc.split(": ", 1)[1]
+    return text[0].upper() + text[1:]
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True) -> None:
     parser.add_argument(
         "--model",
@@ -89,11 +95,13 @@ def expert_spec(value: str) -> tuple[str, str]:
     return name, location
 
 
-def add_expert_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+def add_expert_arguments(parser: argparse.ArgumentParser, required: bool, dispatch: bool = True) -> None:
     parser.add_argument(
         "--expert", dest="experts", action="append", type=expert_spec, required=required, metavar="NAME=DIR",
         help="an expert adapter (folder or Hub id) under a name; repeat for a set",
     )  # fmt: skip
+    if not dispatch:
+        return
     parser.add_argument(
         "--dispatcher", choices=["prompt", "soft", "classifier"], default="prompt",
         help="how the first pass picks experts: the paper's prompt-based task classification (default), "
@@ -111,16 +119,21 @@ def expert_dict(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return experts
 
 
-def self_adaptive_model(args: argparse.Namespace, model: Any, tokenizer: Any) -> Any:
-    """A ``SelfAdaptiveModel`` over ``args.experts`` with ``args.dispatcher`` (its module loads only when needed)."""
+def self_adaptive_model(
+    experts: list[tuple[str, str]],
+    model: Any,
+    tokenizer: Any,
+    dispatcher: str = "prompt",
+    classifier: str | None = None,
+) -> Any:
+    """A ``SelfAdaptiveModel`` over the ``--expert`` pairs (its module loads only when needed)."""
     from ..adaptive import SelfAdaptiveModel
 
-    if args.dispatcher == "classifier" and args.classifier is None:
+    if dispatcher == "classifier" and classifier is None:
         raise ValueError("--dispatcher classifier needs --classifier DIR")
     return SelfAdaptiveModel.from_pretrained(
-        model, experts=expert_dict(args.experts), dispatcher=args.dispatcher, tokenizer=tokenizer,
-        classifier=args.classifier,
-    )  # fmt: skip
+        model, experts=expert_dict(experts), dispatcher=dispatcher, tokenizer=tokenizer, classifier=classifier
+    )
 
 
 def as_prompt(text: str, tokenizer: Any, raw: bool = False) -> str | list[dict[str, str]]:

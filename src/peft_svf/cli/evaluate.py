@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_expert_arguments, add_model_arguments, load_model, self_adaptive_model
+from .common import add_expert_arguments, add_model_arguments, description, load_model, self_adaptive_model
 
 NAME = "eval"
 EXAMPLES = """examples:
@@ -22,7 +22,7 @@ the accuracy and every completion with its reward as JSON."""
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        NAME, help="accuracy of a model, an expert or a strategy on a task", description=__doc__.split(": ", 1)[1],
+        NAME, help="accuracy of a model, an expert or a strategy on a task", description=description(__doc__),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--task", required=True, help="a built-in task (e.g. offline_math, gsm8k, arc_easy)")
@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
 
         model, label = PeftModel.from_pretrained(model, args.adapter).eval(), f"expert {args.adapter}"
     elif args.experts:
-        model = self_adaptive_model(args, model, tokenizer)
+        model = self_adaptive_model(args.experts, model, tokenizer, args.dispatcher, args.classifier)
         label = f"self-adaptive ({args.dispatcher}) over {', '.join(name for name, _ in args.experts)}"
     else:
         label = "base model"

@@ -10,7 +10,14 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .common import add_expert_arguments, add_model_arguments, as_prompt, load_model, self_adaptive_model
+from .common import (
+    add_expert_arguments,
+    add_model_arguments,
+    as_prompt,
+    description,
+    load_model,
+    self_adaptive_model,
+)
 
 EXAMPLES = """examples:
   peft-svf generate --expert math=experts/math/expert --expert code=experts/code/expert "What is 12 + 30?"
@@ -32,7 +39,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def add_parser(commands: argparse._SubParsersAction) -> None:
     generate = commands.add_parser(
         "generate", help="two-pass self-adaptive generation, printing the dispatch decision",
-        description=__doc__.split(": ", 1)[1], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description(__doc__), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     generate.add_argument(
         "prompts", nargs="+", metavar="PROMPT", help="one or more prompts, answered as one batch"
@@ -84,7 +91,7 @@ def _completions(sam: Any, prompts: Sequence[Any], args: argparse.Namespace) -> 
 
 def generate_main(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, args.device)
-    sam = self_adaptive_model(args, model, tokenizer)
+    sam = self_adaptive_model(args.experts, model, tokenizer, args.dispatcher, args.classifier)
     completions = _completions(sam, [as_prompt(p, tokenizer, args.raw_prompts) for p in args.prompts], args)
     for i, (prompt, decision, text) in enumerate(
         zip(args.prompts, sam.last_decisions, completions, strict=True)
@@ -99,7 +106,7 @@ def generate_main(args: argparse.Namespace) -> int:
 
 def chat_main(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, args.device)
-    sam = self_adaptive_model(args, model, tokenizer)
+    sam = self_adaptive_model(args.experts, model, tokenizer, args.dispatcher, args.classifier)
     opening = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(opening)
     print(

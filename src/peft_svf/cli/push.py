@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .common import description
+
 NAME = "push"
 EXAMPLES = """examples:
   peft-svf push experts/offline_math-svf-seed0/expert me/smollm2-offline-math-svf
@@ -21,7 +23,7 @@ Log in first (`hf auth login`) or pass --token / set HF_TOKEN."""
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        NAME, help="upload an expert to the Hugging Face Hub", description=__doc__.split(": ", 1)[1],
+        NAME, help="upload an expert to the Hugging Face Hub", description=description(__doc__),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument(
@@ -40,7 +42,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one or HF_TOKEN)")
-    parser.add_argument("--commit-message", default="Upload SVF expert with peft-svf")
+    parser.add_argument(
+        "--commit-message", default="Upload SVF expert with peft-svf", help="default: %(default)s"
+    )
     parser.set_defaults(func=main)
 
 

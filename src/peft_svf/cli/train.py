@@ -15,6 +15,7 @@ from .common import (
     REWARDS,
     add_model_arguments,
     chat_prompts,
+    description,
     load_model,
     make_reward,
     print_json,
@@ -41,7 +42,7 @@ DATA_MAX_NEW_TOKENS = 64
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        NAME, help="train an expert on a task or a data file", description=__doc__.split(": ", 1)[1],
+        NAME, help="train an expert on a task or a data file", description=description(__doc__),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
