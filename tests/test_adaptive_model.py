@@ -17,7 +17,7 @@ from peft_svf.adaptive import (
     mix_svf_adapters,
 )
 from peft_svf.adaptive.dispatch import label_first_tokens
-from peft_svf.adaptive.generation import greedy_texts, last_token_logits, shared_prefix_length
+from peft_svf.adaptive.generation import greedy_texts, last_token_logits, shared_prefix_length, worth_merging
 from peft_svf.adaptive.prompts import questions_from_ids, render
 from peft_svf.tasks import evaluate, generate_completions
 from tasks_tiny_lm import tiny_chat_lm
@@ -79,7 +79,7 @@ def test_mixed_dispatch_batch_equals_one_prompt_at_a_time():
     assert [d.label for d in sam.last_decisions] == ["math", "code", "others", "code"]
 
 
-@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("merge", [True, False, "auto"])
 def test_single_expert_batch_equals_that_expert(merge):
     model, tokenizer = tiny_experts()
     sam = SelfAdaptiveModel(
@@ -108,7 +108,7 @@ def test_model_state_unchanged_after_generate(questions):
     model.base_model.model.lm_head.train(False)  # an irregular training pattern must survive too
     before = snapshot(model)
     sam = SelfAdaptiveModel(
-        model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests())
+        model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests()), merge=True
     )
     sam.generate(prompts=[chat(q) for q in questions], max_new_tokens=3)
     assert_same_state(before, snapshot(model))
@@ -125,7 +125,7 @@ def test_model_state_unchanged_after_an_error_inside_generation(questions):
 
     handle = model.base_model.model.model.layers[1].register_forward_pre_hook(explode)
     sam = SelfAdaptiveModel(
-        model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests())
+        model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests()), merge=True
     )
     with pytest.raises(RuntimeError, match="boom"):
         sam.generate(prompts=[chat(q) for q in questions], max_new_tokens=3)
@@ -311,3 +311,9 @@ def test_pass_one_rows_stop_once_answered():
                                              stop_when=lambda text: len(text.split()) >= 2)  # fmt: skip
     assert [len(c.split()) for c in completions] == [2, 2, 2]
     assert all(len(g) < 8 and g[-1] != tokenizer.pad_token_id for g in generated)
+
+
+def test_auto_merge_pays_only_for_long_generations():
+    model, _ = tiny_experts()
+    assert not worth_merging(model, "math", tokens=4)
+    assert worth_merging(model, "math", tokens=10_000)

@@ -86,9 +86,28 @@ def weights_carrying(model: PeftModel, name: str) -> Iterator[None]:
             param.data = data
 
 
+def worth_merging(model: PeftModel, name: str, tokens: int) -> bool:
+    """Whether adding ``name`` into the weights once (``m n r`` multiply-adds per matrix) is cheaper than
+    its factored change on every token of the call (``tokens r (m + n)``); the same rule as the layers'
+    own recompose/factored choice, applied to a whole ``generate`` instead of one forward."""
+    merge_cost = factored_cost = 0
+    for layer in svf_layers(model).values():
+        if name in layer.svf_vector:
+            m, n, r = layer.out_features, layer.in_features, layer.rank
+            merge_cost += m * n * r
+            factored_cost += tokens * r * (m + n)
+    return merge_cost < factored_cost
+
+
+Merge = bool | str  # True, False or "auto"
+
+
 @contextmanager
-def single_adapter(model: PeftModel, name: str, merge: bool) -> Iterator[None]:
-    """Every row with adapter ``name`` (``"__base__"``: none); ``merge`` uses the dense-weight fast path."""
+def single_adapter(model: PeftModel, name: str, merge: Merge, tokens: int = 0) -> Iterator[None]:
+    """Every row with adapter ``name`` (``"__base__"``: none). ``merge`` adds the adapter into the dense
+    weights for the block (base-model speed per token); ``"auto"`` does so when ``tokens`` make it pay."""
+    if merge == "auto":
+        merge = worth_merging(model, name, tokens)
     with preserved_state(model):
         if name == BASE:
             with model.disable_adapter():
@@ -114,12 +133,14 @@ def routed_generate(
     model: PeftModel,
     rows: Sequence[str],
     *,
-    merge: bool = True,
+    merge: Merge = "auto",
     **generate_kwargs: Any,
 ) -> Any:
     """``model.generate(**generate_kwargs)`` with row ``i`` under adapter ``rows[i]``, in one call."""
     if len(set(rows)) == 1:
-        with single_adapter(model, rows[0], merge):
+        new = generate_kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens or 0
+        tokens = generate_kwargs["input_ids"].numel() + len(rows) * _expansion(model, generate_kwargs) * new
+        with single_adapter(model, rows[0], merge, tokens):
             return model.generate(**generate_kwargs)
     repeat = _expansion(model, generate_kwargs)
     names = [name for name in rows for _ in range(repeat)]
@@ -175,7 +196,7 @@ def greedy_texts(
     *,
     max_new_tokens: int,
     batch_size: int | None = None,
-    merge: bool = False,
+    merge: Merge = "auto",
     share_prefix: bool = False,
     stop_when: Callable[[str], bool] | None = None,
 ) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
@@ -208,7 +229,7 @@ def greedy_texts(
             greedy["stopping_criteria"] = StoppingCriteriaList([_RowsDone(tokenizer, width, stop_when)])
         with torch.inference_mode():
             if shared:
-                with single_adapter(model, chunk_rows[0], merge):
+                with single_adapter(model, chunk_rows[0], merge, ids.numel() + len(chunk) * max_new_tokens):
                     cache = _prefix_cache(model, chunk[0][:shared], len(chunk), device)
                     out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, **greedy)
             else:

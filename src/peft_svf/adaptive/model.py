@@ -46,8 +46,9 @@ class SelfAdaptiveModel(nn.Module):
         experts: Adapter names of the experts; they are also the category labels pass 1 chooses from.
         dispatcher: ``"prompt"`` (A), ``"classifier"`` (B), ``"soft"``, or a :class:`Dispatcher`.
         descriptions: Category descriptions for the classification prompt (paper Figure 3 defaults).
-        merge: Let a pass-2 batch whose rows share one adapter run with the adapter added into the dense
-            weights (base-model speed; the original weights are put back after the call).
+        merge: Whether a pass-2 batch whose rows share one adapter runs with the adapter added into the
+            dense weights (base-model speed per token; the original weights are put back after the call).
+            ``"auto"`` does it when the generation is long enough to repay building the weights.
 
     The wrapped model is never left changed: active adapter, temporary adapters, weights, training flags
     and ``requires_grad`` are restored after every call, also when it raises.
@@ -60,7 +61,7 @@ class SelfAdaptiveModel(nn.Module):
         experts: Sequence[str],
         dispatcher: DispatcherSpec = "prompt",
         descriptions: Mapping[str, str] | None = None,
-        merge: bool = True,
+        merge: bool | str = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(model, PeftModel):
