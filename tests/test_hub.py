@@ -101,7 +101,7 @@ def test_card_states_base_parameterisation_targets_task_reward_arguments_accurac
     for key, value in RESULTS["settings"].items():
         assert f"| {key} | `{value}` |" in text
     assert "| base model | 9.5% |" in text and "| this expert | 86.0% |" in text and "9.05" in text
-    assert "first 200 test items" in text and "84.0% (30)" in text
+    assert "first 200 test items" in text and "REINFORCE" in text and "84.0% (30)" in text
     assert 'PeftModel.from_pretrained(base, "org/smollm2-math-svf")' in text
     assert 'experts={"math": "org/smollm2-math-svf"}' in text
     assert "--adapter org/smollm2-math-svf --task offline_math" in text
@@ -111,7 +111,8 @@ def test_card_of_a_scale_expert_without_results_and_of_lora(base_dir):
     text = str(expert_model_card(_expert(base_dir, parameterization="scale").peft_config["default"]))
     assert "`scale`" in text and "s' = s · z" in text and "Not measured." in text and "Not recorded." in text
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], base_model_name_or_path="org/base")
-    text = str(expert_model_card(lora, {"task": "offline_math"}))
+    text = str(expert_model_card(lora, {"task": "offline_math", "method": "trl.SFTTrainer"}))
+    assert "Trained with trl.SFTTrainer." in text
     assert "LORA" in text and "r=4, alpha=8" in text and "SelfAdaptiveModel" not in text
 
 
@@ -187,6 +188,8 @@ def test_trainer_push_to_hub_writes_the_svf_card(tmp_path, hub):
     assert set(CARD_TAGS) <= set(card.data.tags) and card.data.library_name == "peft"
     assert "`starts_with`" in card.text and "| lr | `0.3` |" in card.text and "| steps | `1` |" in card.text
     assert "`official`" in card.text and "`q_proj`" in card.text
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    assert f"| trainable parameters | {trainable:,} |" in card.text
     assert "adapter_model.safetensors" in upload["files"]
 
 

@@ -82,6 +82,7 @@ def results_from_trainer(trainer: Any) -> dict[str, Any]:
     results: dict[str, Any] = {
         "reward": ", ".join(trainer.reward_func_names),
         "settings": {k: v for k, v in settings.items() if v is not None},
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "valid_accuracy_by_step": {
             log["step"]: log["eval_accuracy"] for log in trainer.state.log_history if "eval_accuracy" in log
         },
@@ -144,7 +145,12 @@ def _reward_name(results: Mapping[str, Any]) -> str | None:
 
 
 def _method(results: Mapping[str, Any]) -> str:
-    if results.get("method") == "cem":
+    """How the adapter was made: ``results["method"]`` ("cem" for a few-shot mixture, or free text), else
+    the trainer's REINFORCE."""
+    method = results.get("method")
+    if method and method != "cem":
+        return f"Trained with {method}."
+    if method == "cem":
         experts = ", ".join(f"`{name}`" for name in results.get("experts") or {})
         return (
             f"Few-shot adaptation (the paper's strategy C): the cross-entropy method mixed the experts {experts} "
@@ -175,10 +181,9 @@ def _evaluation(results: Mapping[str, Any]) -> str:
     if not rows:
         return "Not measured."
     n = results.get("test_n")
-    split = f"first {n} test items" if n else "test split"
-    return (
-        f"Greedy accuracy on the task's {split} (a sample is correct when its reward is positive).\n\n"
-        + _table(("model", "accuracy"), rows)
+    test = f" Test accuracy is on the task's first {n} test items." if n else ""
+    return f"Greedy decoding; a sample is correct when its reward is positive.{test}\n\n" + _table(
+        ("model", "accuracy"), rows
     )
 
 
