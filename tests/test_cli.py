@@ -227,6 +227,17 @@ def _self_adaptive(model_dir, experts):
     )  # fmt: skip
 
 
+def test_eval_of_a_self_adaptive_strategy_matches_evaluate(toy_task, model_dir, experts, capsys):
+    sam = _self_adaptive(model_dir, experts)
+    expected = evaluate(sam, toy_task, sam.tokenizer, n=8, progress=False)
+    code, out, _ = run(
+        ["eval", "--task", toy_task, "--model", model_dir, "--n", 8, "--expert", f"math={experts['math']}",
+         "--expert", f"code={experts['code']}", "--dispatcher", "prompt", "--quiet"], capsys,
+    )  # fmt: skip
+    assert code == 0 and "self-adaptive (prompt) over math, code" in out
+    assert f"accuracy: {expected.accuracy:.4f} ({expected.correct}/8)" in out
+
+
 def test_generate_prints_the_dispatch_decision(model_dir, experts, capsys):
     from peft_svf.cli.common import as_prompt
     from peft_svf.cli.generate import describe
