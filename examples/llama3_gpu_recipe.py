@@ -2,7 +2,7 @@
 Transformer²'s three adaptation strategies on MATH, HumanEval and ARC-Challenge (Table 2).
 
 NEEDS A GPU AND THE HUGGING FACE HUB. Llama-3-8B-Instruct is gated: accept its licence on the Hub and
-`huggingface-cli login`. One 80 GB GPU (H100/A100) should hold the bf16 model (16 GB), the SVD factors of
+`hf auth login`. One 80 GB GPU (H100/A100) should hold the bf16 model (16 GB), the SVD factors of
 the adapted matrices (about 17 GB; training frees the 13 GB of adapted weights they replace) and a
 micro-batch of 8 sequences. Nothing here runs on a CPU;
 `--dry-run` builds every configuration, counts the trainable values on a weightless (meta-device) copy
