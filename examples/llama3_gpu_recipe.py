@@ -294,8 +294,8 @@ def stage_table1(args: argparse.Namespace) -> None:
         task = get_task(task_name)
         test = task.load("test")
         test = test if args.test_n is None else test.select(range(min(args.test_n, len(test))))
-        base = score(model, test, task, tokenizer)["accuracy"]
-        rows[task_name] = {"base": {"accuracy": base}}
+        rows[task_name] = {"base": score(model, test, task, tokenizer)}
+        base = rows[task_name]["base"]["accuracy"]
         adapters = {"svf": best_expert(args.output_dir, task_name)}
         if task_name in (lora := lora_adapters(args.output_dir, [task_name])):
             adapters["lora"] = lora[task_name]
@@ -305,9 +305,15 @@ def stage_table1(args: argparse.Namespace) -> None:
     write_json(args.output_dir / "table1.json", rows)
     print("| method | " + " | ".join(rows) + " |\n| --- |" + " --- |" * len(rows))
     for method in ("base", "lora", "svf"):
-        cells = [f"{r[method]['accuracy']:.2%} ({r[method]['accuracy'] / r['base']['accuracy']:.2f})"
-                 if method in r else "-" for r in rows.values()]  # fmt: skip
-        print(f"| {method} | " + " | ".join(cells) + " |")
+        print(f"| {method} | " + " | ".join(cell(r.get(method)) for r in rows.values()) + " |")
+
+
+def cell(result: dict[str, Any] | None) -> str:
+    """``accuracy (accuracy / base)`` as in the paper's tables; "-" for a method that was not run."""
+    if result is None:
+        return "-"
+    normalized = result.get("normalized")
+    return f"{result['accuracy']:.2%}" + (f" ({normalized:.2f})" if normalized is not None else "")
 
 
 def stage_table2(args: argparse.Namespace) -> None:
