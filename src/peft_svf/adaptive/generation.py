@@ -254,7 +254,9 @@ def last_token_logits(
 ) -> torch.Tensor:
     """Next-token logits after each row (float32), sharing the rows' common prefix as ``greedy_texts`` does.
 
-    Call it inside the adapter context the rows should see (e.g. :func:`single_adapter`).
+    Rows are laid out as ``generate`` lays them out (shared prefix, then left-padded suffixes), so only
+    the last position goes through the output head. Call it inside the adapter context the rows should
+    see (e.g. :func:`single_adapter`).
     """
     device = next(model.parameters()).device
     size = batch_size or len(token_rows)
@@ -262,13 +264,12 @@ def last_token_logits(
     for start in range(0, len(token_rows), size):
         chunk = token_rows[start : start + size]
         shared = shared_prefix_length(chunk)
-        ids, mask = _pad([r[shared:] for r in chunk], pad, device, left=False)  # right padding: no holes
+        ids, mask = _pad([r[shared:] for r in chunk], pad, device, left=True)
         kwargs: dict[str, Any] = {}
         if shared:
             kwargs["cache"] = _prefix_cache(model, chunk[0][:shared], len(chunk), device)
             mask = torch.cat([torch.ones((len(chunk), shared), dtype=torch.long, device=device), mask], 1)
-        positions = shared + torch.arange(ids.shape[1], device=device).expand_as(ids)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
-        last = torch.tensor([len(r) - shared - 1 for r in chunk], device=device)
-        result.append(logits[torch.arange(len(chunk), device=device), last].float())
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, shared:]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **kwargs)
+        result.append(out.logits[:, -1].float())
     return torch.cat(result)

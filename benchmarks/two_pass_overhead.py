@@ -1,0 +1,216 @@
+"""What two-pass self-adaptive inference costs on the embedded SmolLM2-135M-Instruct (paper Table 3, appendix D).
+
+    OMP_NUM_THREADS=1 python benchmarks/two_pass_overhead.py [--quick]
+
+Three experts with random vectors (``init_noise_std``; speed does not depend on what they learned) and a
+batch of prompts from the unseen offline tasks. Measures, greedy, every completion forced to its full
+length:
+
+1. pass 1 (prompt and soft dispatch) and building the mixtures, as fractions of pass 2, for 64 and 256
+   new tokens (the paper's Table 3 reports pass 1 at 13%-47% of pass 2);
+2. pass-2 throughput against plain base-model ``generate`` on the same prompts, for one expert shared by
+   all rows (weights merged for the call, or not), per-row experts, and per-row soft mixtures;
+3. one CEM generation: the whole population in one batched ``generate`` against member by member.
+
+Prints a table and writes JSON to ``benchmarks/results/two_pass_overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import get_peft_model
+
+from peft_svf import SVFConfig
+from peft_svf.adaptive import DispatchDecision, SelfAdaptiveModel, evaluate_population, temporary_mixtures
+from peft_svf.adaptive.generation import routed_generate, weights_carrying
+from peft_svf.adaptive.prompts import render
+from peft_svf.embedded import load_embedded_model
+from peft_svf.tasks import OFFLINE_UNSEEN_TASKS, get_task
+
+EXPERTS = ["math", "code", "reasoning"]
+RESULTS = Path(__file__).parent / "results" / "two_pass_overhead.json"
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def best_of(repeats: int, fn: Any) -> float:
+    return min(timed(fn)[0] for _ in range(repeats))
+
+
+def build(noise: float) -> tuple[Any, Any]:
+    model, tokenizer = load_embedded_model()
+    peft_model = None
+    for i, name in enumerate(EXPERTS):
+        torch.manual_seed(i)
+        config = SVFConfig(init_noise_std=noise)
+        if peft_model is None:
+            peft_model = get_peft_model(model, config, adapter_name=name)
+        else:
+            peft_model.add_adapter(name, config)
+    return peft_model.eval(), tokenizer
+
+
+def prompts_for(n: int) -> list[Any]:
+    """``n`` test prompts, taken in turn from the three unseen tasks."""
+    per_task = [get_task(name).load("test")["prompt"] for name in OFFLINE_UNSEEN_TASKS]
+    return [per_task[i % 3][i // 3] for i in range(n)]
+
+
+def encode(tokenizer: Any, prompts: list[Any], device: torch.device) -> dict[str, torch.Tensor]:
+    texts = [render(tokenizer, p) for p in prompts]
+    return tokenizer(
+        texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    ).to(device)
+
+
+def pass_two(
+    sam: SelfAdaptiveModel, decisions: list, enc: dict, tokens: int, merge: Any
+) -> tuple[float, float]:
+    """(seconds building the mixtures, seconds generating) for these decisions."""
+    rows, mixtures = sam._rows(decisions)
+    kwargs = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False,
+              "pad_token_id": sam.tokenizer.pad_token_id}  # fmt: skip
+    start = time.perf_counter()
+    with temporary_mixtures(sam.model, mixtures):
+        built = time.perf_counter()
+        with torch.inference_mode():
+            routed_generate(sam.model, rows, merge=merge, **enc, **kwargs)
+        done = time.perf_counter()
+    return built - start, done - built
+
+
+def overhead(sam_by_name: dict[str, SelfAdaptiveModel], prompts: list, enc: dict, tokens_list: list[int],
+             repeats: int) -> tuple[list[dict], dict[str, Any]]:  # fmt: skip
+    model, tokenizer = sam_by_name["prompt"].model, sam_by_name["prompt"].tokenizer
+    base_kwargs = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    rows, decisions_by = [], {}
+    for name, sam in sam_by_name.items():
+        pass_one = best_of(repeats, lambda s=sam: s.dispatch(prompts))
+        decisions_by[name] = (pass_one, sam.dispatch(prompts))
+
+    def one_hot(label: str) -> DispatchDecision:
+        return DispatchDecision(label, {e: float(e == label) for e in EXPERTS})
+
+    scenarios = {
+        "one expert, merged": ([one_hot("math")] * len(prompts), True),
+        "one expert, unmerged": ([one_hot("math")] * len(prompts), False),
+        "per-row experts": ([one_hot(EXPERTS[i % 3]) for i in range(len(prompts))], "auto"),
+        "per-row soft mixtures": (decisions_by["soft"][1], "auto"),
+    }
+    for tokens in tokens_list:
+        kwargs = {**base_kwargs, "max_new_tokens": tokens, "min_new_tokens": tokens}
+
+        def base(kwargs=kwargs) -> None:
+            with torch.inference_mode(), model.disable_adapter():
+                model.generate(**enc, **kwargs)
+
+        base_s = best_of(repeats, base)
+        for scenario, (decisions, merge) in scenarios.items():
+            runs = [pass_two(sam_by_name["prompt"], decisions, enc, tokens, merge) for _ in range(repeats)]
+            mix_s, gen_s = min(r[0] for r in runs), min(r[1] for r in runs)
+            row = {"new_tokens": tokens, "pass2": scenario, "base_generate_s": round(base_s, 3),
+                   "pass2_s": round(gen_s, 3), "mixing_s": round(mix_s, 4),
+                   "throughput_vs_base": round(base_s / gen_s, 3)}  # fmt: skip
+            for name, (pass_one, _) in decisions_by.items():
+                row[f"pass1_{name}_s"] = round(pass_one, 3)
+                row[f"pass1_{name}_fraction"] = round(pass_one / gen_s, 3)
+            row["mixing_fraction"] = round(mix_s / gen_s, 4)
+            rows.append(row)
+            print(json.dumps(row))
+    labels = {name: [d.label for d in decisions] for name, (_, decisions) in decisions_by.items()}
+    return rows, labels
+
+
+def merge_seconds(model: Any, repeats: int) -> float:
+    """Adding one expert into the dense weights and putting them back: what "merged" pays per call."""
+
+    def merge() -> None:
+        with weights_carrying(model, "math"):
+            pass
+
+    return best_of(repeats, merge)
+
+
+def cem_speed(
+    sam: SelfAdaptiveModel, population: int, shots: int, tokens: int, repeats: int
+) -> dict[str, Any]:
+    task = get_task(OFFLINE_UNSEEN_TASKS[0])
+    data = task.load("train").select(range(shots))
+    rng = np.random.default_rng(0)
+    alphas = [dict(zip(EXPERTS, rng.uniform(0, 1, 3).tolist(), strict=True)) for _ in range(population)]
+    kwargs = {"max_new_tokens": tokens}
+    batched_s, batched = min(
+        (
+            timed(lambda: evaluate_population(sam, alphas, data, task.reward, batched=True, **kwargs))
+            for _ in range(repeats)
+        ),
+        key=lambda r: r[0],
+    )
+    serial_s, serial = timed(
+        lambda: evaluate_population(sam, alphas, data, task.reward, batched=False, **kwargs)
+    )
+    same = [s.accuracy for s in batched] == [s.accuracy for s in serial]
+    return {"population": population, "shots": shots, "max_new_tokens": tokens, "batched_s": round(batched_s, 2),
+            "member_by_member_s": round(serial_s, 2), "speedup": round(serial_s / batched_s, 2),
+            "same_scores": same}  # fmt: skip
+
+
+def table(rows: list[dict], cem: dict) -> str:
+    lines = ["| new tokens | pass 2 | pass 1 prompt / pass 2 | pass 1 soft / pass 2 | mixing / pass 2 | "
+             "pass 2 throughput vs base |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['new_tokens']} | {r['pass2']} | {r['pass1_prompt_fraction']:.0%} | "
+                     f"{r['pass1_soft_fraction']:.0%} | {r['mixing_fraction']:.1%} | {r['throughput_vs_base']:.2f} |")  # fmt: skip
+    lines.append("")
+    lines.append(f"CEM, one generation of {cem['population']} members x {cem['shots']} shots, "
+                 f"{cem['max_new_tokens']} new tokens: batched {cem['batched_s']} s, member by member "
+                 f"{cem['member_by_member_s']} s ({cem['speedup']}x), same scores: {cem['same_scores']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--noise", type=float, default=0.05, help="init_noise_std of the random experts")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    batch, tokens, population, shots, cem_tokens, repeats = (
+        (4, [16, 32], 8, 2, 16, 1) if args.quick else (8, [64, 256], 32, 3, 32, 2)
+    )
+    model, tokenizer = build(args.noise)
+    sams = {
+        name: SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=name) for name in ("prompt", "soft")
+    }
+    prompts = prompts_for(batch)
+    enc = encode(tokenizer, prompts, sams["prompt"].device)
+    rows, labels = overhead(sams, prompts, enc, tokens, repeats)
+    merge_s = merge_seconds(model, repeats)
+    print(f"merge: {merge_s:.2f} s")
+    cem = cem_speed(sams["prompt"], population, shots, cem_tokens, 1)
+    print(json.dumps(cem))
+    report = {
+        "model": "SmolLM2-135M-Instruct (embedded)", "device": "cpu", "threads": torch.get_num_threads(),
+        "platform": platform.platform(), "batch": batch, "quick": args.quick, "expert_noise": args.noise,
+        "pass1_labels": labels, "merge_s": round(merge_s, 3), "rows": rows, "cem": cem,
+    }  # fmt: skip
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(table(rows, cem))
+    print(f"(one expert merged into the weights and back: {merge_s:.2f} s, included in the merged pass 2)")
+    return report
+
+
+if __name__ == "__main__":
+    main()
