@@ -317,3 +317,15 @@ def test_auto_merge_pays_only_for_long_generations():
     model, _ = tiny_experts()
     assert not worth_merging(model, "math", tokens=4)
     assert worth_merging(model, "math", tokens=10_000)
+
+
+def test_sampled_mixed_rows_with_several_returns_per_prompt():
+    model, tokenizer = tiny_experts()
+    sam = SelfAdaptiveModel(
+        model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests())
+    )
+    torch.manual_seed(0)
+    out = sam.generate(
+        prompts=[chat(q) for q in QUESTIONS], max_new_tokens=3, do_sample=True, num_return_sequences=2
+    )
+    assert out.shape[0] == 8
