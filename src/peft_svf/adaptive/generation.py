@@ -148,15 +148,14 @@ def routed_generate(
         return model.generate(**generate_kwargs, adapter_names=names)
 
 
-def _pad(
-    rows: Sequence[Sequence[int]], pad: int, device: torch.device, left: bool
+def _left_pad(
+    rows: Sequence[Sequence[int]], pad: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        span = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, span], mask[i, span] = torch.tensor(list(r), dtype=torch.long), 1
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long), 1
     return ids.to(device), mask.to(device)
 
 
@@ -221,7 +220,7 @@ def greedy_texts(
     for start in range(0, len(texts), size):
         chunk, chunk_rows = token_rows[start : start + size], list(rows[start : start + size])
         shared = shared_prefix_length(chunk) if share_prefix and len(set(chunk_rows)) == 1 else 0
-        suffix_ids, suffix_mask = _pad([r[shared:] for r in chunk], pad, device, left=True)
+        suffix_ids, suffix_mask = _left_pad([r[shared:] for r in chunk], pad, device)
         prefix = torch.tensor([chunk[0][:shared]] * len(chunk), dtype=torch.long, device=device)
         ids, mask = torch.cat([prefix, suffix_ids], 1), torch.cat([torch.ones_like(prefix), suffix_mask], 1)
         width = ids.shape[1]
@@ -229,7 +228,8 @@ def greedy_texts(
             greedy["stopping_criteria"] = StoppingCriteriaList([_RowsDone(tokenizer, width, stop_when)])
         with torch.inference_mode():
             if shared:
-                with single_adapter(model, chunk_rows[0], merge, ids.numel() + len(chunk) * max_new_tokens):
+                tokens = shared + suffix_ids.numel() + len(chunk) * max_new_tokens
+                with single_adapter(model, chunk_rows[0], merge, tokens):
                     cache = _prefix_cache(model, chunk[0][:shared], len(chunk), device)
                     out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, **greedy)
             else:
@@ -264,7 +264,7 @@ def last_token_logits(
     for start in range(0, len(token_rows), size):
         chunk = token_rows[start : start + size]
         shared = shared_prefix_length(chunk)
-        ids, mask = _pad([r[shared:] for r in chunk], pad, device, left=True)
+        ids, mask = _left_pad([r[shared:] for r in chunk], pad, device)
         kwargs: dict[str, Any] = {}
         if shared:
             kwargs["cache"] = _prefix_cache(model, chunk[0][:shared], len(chunk), device)
