@@ -106,23 +106,14 @@ def _data_files(args: argparse.Namespace) -> dict[str, Path]:
 
 def _data_task(
     args: argparse.Namespace, tables: dict[str, Dataset], reward: RewardFunc, tokenizer: Any
-) -> tuple[Task, Dataset | None]:
-    """A ``Task`` over the user's files, and the training set to use instead of the task's even half."""
-    tables = {split: chat_prompts(data, tokenizer, args.raw_prompts) for split, data in tables.items()}
-    if "valid" in tables:
-        # The recipe validates on the odd rows of the task's training pool: each validation row twice
-        # makes those exactly the validation file (the even rows go unused, --data is the training set).
-        pool = tables["valid"].select([i for i in range(len(tables["valid"])) for _ in range(2)])
-        train_dataset = tables["train"]
-    else:
-        pool, train_dataset = tables["train"], None
-    splits = {"train": pool, "test": tables.get("test")}
-    task = Task(
+) -> Task:
+    """A ``Task`` over the user's files: its training pool is ``--data`` (split even/odd without ``--valid-data``)."""
+    splits = {split: chat_prompts(data, tokenizer, args.raw_prompts) for split, data in tables.items()}
+    return Task(
         name=args.data.stem, domain="custom", loader=lambda split: splits[split],
         reward=reward, description=f"prompts from {args.data}",
-        max_new_tokens=DATA_MAX_NEW_TOKENS, splits=("train", "test") if "test" in tables else ("train",),
+        max_new_tokens=DATA_MAX_NEW_TOKENS, splits=tuple(s for s in ("train", "test") if s in splits),
     )  # fmt: skip
-    return task, train_dataset
 
 
 def main(args: argparse.Namespace) -> int:
@@ -135,14 +126,16 @@ def main(args: argparse.Namespace) -> int:
     reward = make_reward(args.reward, *tables.values()) if tables else None
     task = None if tables else get_task(args.task)
     model, tokenizer = load_model(args.model)
-    train_dataset = None
+    train_dataset = valid_dataset = None
     if task is None:
-        task, train_dataset = _data_task(args, tables, reward, tokenizer)
+        task = _data_task(args, tables, reward, tokenizer)
+        if args.valid_data is not None:  # the user's own validation file replaces the odd half of --data
+            train_dataset, valid_dataset = task.load("train"), task.loader("valid")
     test_n = args.test_n if "test" in task.splits else 0
     output_dir = args.output_dir or Path(f"experts/{task.name}-{args.adapter}-seed{args.seed}")
     results = train_expert(
-        model, tokenizer, task, output_dir, adapter=args.adapter, train_dataset=train_dataset, steps=args.steps,
-        batch=args.batch, lr=args.lr, kl_coef=args.kl_coef, max_new_tokens=args.max_new_tokens,
+        model, tokenizer, task, output_dir, adapter=args.adapter, train_dataset=train_dataset,
+        valid_dataset=valid_dataset, steps=args.steps, batch=args.batch, lr=args.lr, kl_coef=args.kl_coef, max_new_tokens=args.max_new_tokens,
         eval_steps=args.eval_steps, valid_n=args.valid_n, test_n=test_n, seed=args.seed,
         evaluate_base=not args.skip_base_eval, progress=not args.quiet,
     )  # fmt: skip

@@ -44,6 +44,7 @@ def train_expert(
     *,
     adapter: str = "svf",
     train_dataset: Dataset | None = None,
+    valid_dataset: Dataset | None = None,
     steps: int = 40,
     batch: int = 16,
     lr: float = 1e-2,
@@ -59,13 +60,13 @@ def train_expert(
     """Train an adapter on ``task`` and return (and write to ``results.json``) base vs expert test accuracy.
 
     ``model`` is a plain causal LM; it comes back carrying the trained adapter (PEFT injects in place).
-    ``train_dataset`` replaces the task's even half (a user's own prompts); validation stays the odd half.
+    ``train_dataset`` and ``valid_dataset`` replace the task's even and odd halves (a user's own prompts).
     The adapter is saved under ``output_dir/expert``. ``test_n=0`` skips the test evaluation.
     """
     output_dir = Path(output_dir)
     max_new_tokens = max_new_tokens or task.max_new_tokens
-    pool = task.load("train")
-    valid = train_valid_split(pool, "valid")
+    pool = task.load("train") if train_dataset is None or valid_dataset is None else None
+    valid = valid_dataset if valid_dataset is not None else train_valid_split(pool, "valid")
     valid = valid.select(range(min(valid_n, len(valid))))
     train = train_dataset if train_dataset is not None else train_valid_split(pool, "train")
     if len(train) == 0:
