@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the main job on the embedded SmolLM2-135M-Instruct.
+# Set up (if needed) and run the main job: the whole Transformer² loop on the embedded SmolLM2-135M-Instruct.
+# Arguments go to the job: --quick for the smoke run, --output-dir DIR, --seed N (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python examples/quickstart.py "$@"
+python -m peft_svf.pipeline "$@"

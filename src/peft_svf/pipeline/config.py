@@ -1,0 +1,73 @@
+"""What the main job runs, in two sizes: ``quick`` (a smoke run, minutes) and ``full`` (the measured run)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+# The offline suite: one training task per expert domain, and the unseen tasks Table 2 is measured on.
+DEFAULT_EXPERT_TASKS = {"math": "offline_math", "code": "offline_code", "reasoning": "offline_reasoning"}
+DEFAULT_UNSEEN_TASKS = ("offline_math_unseen", "offline_code_unseen", "offline_reasoning_unseen")
+
+
+@dataclass
+class PipelineConfig:
+    """Sizes of every stage. Expert settings are checked before reusing an expert found in ``output_dir``."""
+
+    output_dir: Path = Path("outputs/transformer2")
+    model: str | None = None  # a Hub id or path; None: the embedded SmolLM2-135M-Instruct
+    expert_tasks: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_EXPERT_TASKS))
+    unseen_tasks: tuple[str, ...] = DEFAULT_UNSEEN_TASKS
+    seed: int = 0
+    # experts (the small-batch recipe of docs/trainer.md)
+    expert_steps: int = 40
+    expert_batch: int = 16
+    expert_lr: float = 1e-2
+    expert_eval_steps: int = 10
+    expert_valid_n: int = 50
+    expert_test_n: int = 200  # each expert on its own task's test split, base beside it (Table 1 layout)
+    # classification expert (strategy B)
+    classifier_steps: int = 20
+    classifier_batch: int = 16
+    classifier_eval_steps: int = 10
+    classifier_valid_n: int = 30
+    # unseen-task evaluation and few-shot CEM (strategy C)
+    unseen_n: int = 100
+    cem_shots: int = 8
+    cem_population: int = 32
+    cem_generations: int = 5
+    cem_elite_ratio: float = 0.2
+
+    def expert_settings(self) -> dict[str, Any]:
+        """The settings an expert was trained with; a stored expert is reused only when they match."""
+        return dict(steps=self.expert_steps, batch=self.expert_batch, lr=self.expert_lr,
+                    eval_steps=self.expert_eval_steps, valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
+
+    def classifier_settings(self) -> dict[str, Any]:
+        return dict(steps=self.classifier_steps, batch=self.classifier_batch, seed=self.seed,
+                    eval_steps=self.classifier_eval_steps, valid_n=self.classifier_valid_n,
+                    experts=sorted(self.expert_tasks.items()))  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+FULL = PipelineConfig()
+QUICK = replace(
+    FULL,
+    output_dir=Path("outputs/transformer2-quick"),
+    expert_steps=4,
+    expert_batch=8,
+    expert_eval_steps=2,
+    expert_valid_n=8,
+    expert_test_n=16,
+    classifier_steps=2,
+    classifier_batch=8,
+    classifier_eval_steps=2,
+    classifier_valid_n=6,
+    unseen_n=12,
+    cem_shots=3,
+    cem_population=6,
+    cem_generations=2,
+)

@@ -1,0 +1,79 @@
+"""Stage 1 of the main job: the domain experts and the classification expert, trained once and reused."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..tasks import get_task
+from ..trainer.recipe import EXPERT_DIR, RESULTS_FILE, train_expert
+from .config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+ModelLoader = Callable[[], tuple[Any, Any]]
+CLASSIFIER = "classifier"
+
+
+def _stored(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The results of an expert stored in ``folder`` if it was trained with ``settings``, else None."""
+    results_file, adapter = folder / RESULTS_FILE, folder / EXPERT_DIR / "adapter_config.json"
+    if not (results_file.exists() and adapter.exists()):
+        return None
+    results = json.loads(results_file.read_text())
+    if results.get("pipeline_settings") != json.loads(json.dumps(settings)):
+        logger.warning("%s was trained with other settings; training it again", folder)
+        return None
+    return results
+
+
+def _remember(folder: Path, results: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    results["pipeline_settings"] = settings
+    (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str, dict[str, Any]]:
+    """Train (or reuse) one SVF expert per domain; each starts from a fresh copy of the base model."""
+    settings = config.expert_settings()
+    all_results = {}
+    for domain, task_name in config.expert_tasks.items():
+        folder = config.output_dir / "experts" / domain
+        results = _stored(folder, settings)
+        if results is None:
+            logger.info("training the %s expert on %s", domain, task_name)
+            model, tokenizer = load_model()
+            results = train_expert(
+                model, tokenizer, get_task(task_name), folder, steps=config.expert_steps,
+                batch=config.expert_batch, lr=config.expert_lr, eval_steps=config.expert_eval_steps,
+                valid_n=config.expert_valid_n, test_n=config.expert_test_n, seed=config.seed,
+            )  # fmt: skip
+            results = _remember(folder, results, settings)
+        else:
+            logger.info("reusing the %s expert in %s", domain, folder)
+        results["path"] = str(folder / EXPERT_DIR)
+        all_results[domain] = results
+    return all_results
+
+
+def classification_expert(config: PipelineConfig, load_model: ModelLoader) -> dict[str, Any]:
+    """Train (or reuse) z_c, the expert that names a question's domain (strategy B)."""
+    from ..adaptive import train_classification_expert
+
+    settings = config.classifier_settings()
+    folder = config.output_dir / "experts" / CLASSIFIER
+    results = _stored(folder, settings)
+    if results is None:
+        logger.info("training the classification expert")
+        model, tokenizer = load_model()
+        results = train_classification_expert(
+            model, tokenizer, tasks=config.expert_tasks, output_dir=folder, steps=config.classifier_steps,
+            batch=config.classifier_batch, eval_steps=config.classifier_eval_steps,
+            valid_n=config.classifier_valid_n, seed=config.seed,
+        )  # fmt: skip
+        results = _remember(folder, results, settings)
+    results["path"] = str(folder / EXPERT_DIR)
+    return results

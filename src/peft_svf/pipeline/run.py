@@ -1,0 +1,123 @@
+"""The main job: the whole Transformer² loop on one base model and the offline task suite.
+
+Train (or reuse) the domain experts and the classification expert, then score the base model, each expert
+and each adaptation strategy on the unseen tasks, and write the report (Table 2, Figures 4, 6, 7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .config import FULL, QUICK, PipelineConfig
+from .experts import ModelLoader, classification_expert, domain_experts
+from .report import confusion, experts_markdown, table2_markdown, with_best_single_expert, write_report
+from .strategies import CLASSIFIER, PROMPT, SOFT, evaluate_unseen
+
+logger = logging.getLogger("peft_svf.pipeline")
+
+
+def model_loader(model: str | None) -> ModelLoader:
+    """A fresh base model and its tokenizer on each call (each expert trains on its own copy)."""
+    if model is None:
+        from ..embedded import load_embedded_model
+
+        return load_embedded_model
+
+    def load() -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return AutoModelForCausalLM.from_pretrained(model), AutoTokenizer.from_pretrained(model)
+
+    return load
+
+
+def self_adaptive_models(
+    experts: dict[str, Any], classifier: dict[str, Any], load_model: ModelLoader
+) -> dict[str, Any]:
+    """One PeftModel holding every expert and z_c, seen through one SelfAdaptiveModel per dispatcher."""
+    from ..adaptive import SelfAdaptiveModel
+
+    base, tokenizer = load_model()
+    prompt = SelfAdaptiveModel.from_pretrained(
+        base, experts={d: r["path"] for d, r in experts.items()}, dispatcher="prompt", tokenizer=tokenizer,
+        classifier=classifier["path"],
+    )  # fmt: skip
+    names = list(experts)
+    return {
+        PROMPT: prompt,
+        CLASSIFIER: SelfAdaptiveModel(prompt.model, tokenizer, experts=names, dispatcher="classifier"),
+        SOFT: SelfAdaptiveModel(prompt.model, tokenizer, experts=names, dispatcher="soft"),
+    }
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
+    """Runs every stage and writes the report under ``config.output_dir / "report"``; returns the summary."""
+    start = time.time()
+    load_model = model_loader(config.model)
+    experts = domain_experts(config, load_model)
+    trained = time.time()
+    classifier = classification_expert(config, load_model)
+    classified = time.time()
+    sams = self_adaptive_models(experts, classifier, load_model)
+    unseen = with_best_single_expert(evaluate_unseen(config, sams, sams[PROMPT].tokenizer))
+    domains = {name: get_domain(name) for name in config.unseen_tasks}
+    summary = {
+        "config": config.to_dict(),
+        "experts": experts,
+        "classifier": classifier,
+        "unseen": unseen,
+        "confusion": {m: confusion(unseen, m, domains) for m in (PROMPT, CLASSIFIER, SOFT)},
+        "seconds": {
+            "experts": round(trained - start, 1),
+            "classifier": round(classified - trained, 1),
+            "unseen": round(time.time() - classified, 1),
+            "total": round(time.time() - start, 1),
+        },
+    }
+    files = write_report(config.output_dir / "report", summary)
+    print(f"\nExperts on their own tasks (test accuracy %):\n{experts_markdown(experts)}")
+    print(f"\nUnseen tasks, accuracy % (normalised score):\n{table2_markdown(unseen)}")
+    print(f"\nTotal {summary['seconds']['total'] / 60:.1f} min. Report: " + ", ".join(str(f) for f in files))
+    return summary
+
+
+def get_domain(task_name: str) -> str:
+    from ..tasks import get_task
+
+    return get_task(task_name).domain
+
+
+def parse_args(argv: list[str] | None = None) -> PipelineConfig:
+    parser = argparse.ArgumentParser(
+        prog="peft-svf run",
+        description="The whole Transformer² loop on the embedded model and the offline tasks.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run of every stage (under 5 minutes on 2 cores)"
+    )
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help=f"default: {QUICK.output_dir} with --quick, else {FULL.output_dir}; experts there are reused")  # fmt: skip
+    parser.add_argument(
+        "--model", default=None, help="Hub id or path of the base model; default: the embedded SmolLM2"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unseen-n", type=int, default=None, help="test items per unseen task")
+    args = parser.parse_args(argv)
+    config = QUICK if args.quick else FULL
+    changes = {"model": args.model, "seed": args.seed}
+    if args.output_dir is not None:
+        changes["output_dir"] = args.output_dir
+    if args.unseen_n is not None:
+        changes["unseen_n"] = args.unseen_n
+    return replace(config, **changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    run_pipeline(parse_args(argv))
+    return 0

@@ -1,0 +1,113 @@
+"""Stage 2 of the main job: base, each expert and each adaptation strategy on the unseen tasks (Table 2)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from ..tasks import Task, evaluate, get_task, train_valid_split
+from ..tasks.classification import OTHERS
+from .config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+BASE = "base"
+PROMPT, CLASSIFIER, SOFT, FEW_SHOT = (
+    "prompt dispatch",
+    "classification expert",
+    "soft dispatch",
+    "few-shot CEM",
+)
+
+
+class DecisionRecorder:
+    """Wraps a SelfAdaptiveModel's ``generate`` to keep every dispatch decision, not only the last batch's."""
+
+    def __init__(self, sam: Any) -> None:
+        self.sam, self.decisions = sam, []
+
+    def __enter__(self) -> list:
+        original = self.sam.generate
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            self.decisions.extend(self.sam.last_decisions)
+            return out
+
+        self.sam.generate = generate
+        return self.decisions
+
+    def __exit__(self, *exc: object) -> None:
+        del self.sam.generate  # the instance attribute goes; the class method shows again
+
+
+def _score(model: Any, task: Task, tokenizer: Any, n: int, base_accuracy: float | None) -> dict[str, Any]:
+    start = time.time()
+    result = evaluate(model, task, tokenizer, split="test", n=n, base_accuracy=base_accuracy)
+    return {"accuracy": result.accuracy, "normalized": result.normalized_score, "n": result.n,
+            "seconds": round(time.time() - start, 1)}  # fmt: skip
+
+
+def _dispatched(sam: Any, task: Task, tokenizer: Any, n: int, base: float) -> dict[str, Any]:
+    """Score a dispatching strategy and count its labels and mean alpha over the task's prompts."""
+    with DecisionRecorder(sam) as decisions:
+        scores = _score(sam, task, tokenizer, n, base)
+    labels = Counter(d.label if d.label is not None else OTHERS for d in decisions)
+    experts = list(sam.experts)
+    scores["labels"] = {label: labels.get(label, 0) for label in [*experts, OTHERS]}
+    scores["mean_alpha"] = {
+        k: sum(d.alpha.get(k, 0.0) for d in decisions) / max(len(decisions), 1) for k in experts
+    }
+    return scores
+
+
+def evaluate_unseen(
+    config: PipelineConfig, sams: dict[str, Any], tokenizer: Any
+) -> dict[str, dict[str, Any]]:
+    """Every method on every unseen task: ``{task: {method: {"accuracy", "normalized", ...}}}``.
+
+    ``sams`` holds SelfAdaptiveModels sharing one PeftModel, keyed by strategy (PROMPT, CLASSIFIER, SOFT).
+    """
+    sam = sams[PROMPT]
+    peft_model, experts = sam.model, list(sam.experts)
+    table: dict[str, dict[str, Any]] = {}
+    for task_name in config.unseen_tasks:
+        task, n = get_task(task_name), config.unseen_n
+        logger.info("unseen task %s (%d items)", task_name, n)
+        with peft_model.disable_adapter():
+            row = {BASE: _score(peft_model, task, tokenizer, n, None)}
+        base = row[BASE]["accuracy"]
+        row[BASE]["normalized"] = 1.0 if base else None
+        for expert in experts:
+            peft_model.set_adapter(expert)
+            row[f"expert: {expert}"] = _score(peft_model, task, tokenizer, n, base)
+        for strategy in (PROMPT, CLASSIFIER, SOFT):
+            row[strategy] = _dispatched(sams[strategy], task, tokenizer, n, base)
+        row[FEW_SHOT] = _few_shot(config, sam, task, tokenizer, base)
+        table[task_name] = row
+    return table
+
+
+def _few_shot(config: PipelineConfig, sam: Any, task: Task, tokenizer: Any, base: float) -> dict[str, Any]:
+    """CEM on ``cem_shots`` training items of the task (none of them a test item), then the mixture on the test."""
+    tested = set(task.load("test").select(range(config.unseen_n))["question"])
+    pool = train_valid_split(task.load("train"), "train").filter(lambda row: row["question"] not in tested)
+    shots = pool.select(range(config.cem_shots))  # unseen tasks draw test items from the pool's space too
+    start = time.time()
+    found = sam.adapt(
+        shots, task.reward, population_size=config.cem_population, elite_ratio=config.cem_elite_ratio,
+        generations=config.cem_generations, adapter_name=f"cem_{task.name}", seed=config.seed,
+        max_new_tokens=task.max_new_tokens,
+    )  # fmt: skip
+    search_seconds = round(time.time() - start, 1)
+    sam.model.save_pretrained(str(config.output_dir / "adapters"), selected_adapters=[found.adapter_name])
+    sam.use_mixture(found.adapter_name)
+    try:
+        scores = _score(sam, task, tokenizer, config.unseen_n, base)
+    finally:
+        sam.use_mixture(None)
+    scores.update(alpha=found.alpha, few_shot_score=found.score, search_seconds=search_seconds,
+                  history=found.history)  # fmt: skip
+    return scores

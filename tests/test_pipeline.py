@@ -1,0 +1,68 @@
+"""The main job end to end on the embedded model, at the smallest size that still runs every stage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from peft import PeftModel
+
+from peft_svf.embedded import load_embedded_model
+from peft_svf.pipeline import QUICK, run_pipeline
+from peft_svf.pipeline.report import METHOD_ORDER
+from peft_svf.tasks import evaluate, get_task
+
+pytestmark = pytest.mark.embedded
+
+TINY = dict(expert_steps=1, expert_batch=2, expert_eval_steps=1, expert_valid_n=2, expert_test_n=2,
+            classifier_steps=1, classifier_batch=3, classifier_eval_steps=1, classifier_valid_n=3,
+            unseen_n=3, cem_shots=2, cem_population=3, cem_generations=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    config = replace(QUICK, output_dir=tmp_path_factory.mktemp("job"), **TINY)
+    return config, run_pipeline(config)
+
+
+def test_report_has_every_method_on_every_unseen_task_and_the_figures(job):
+    config, summary = job
+    report = config.output_dir / "report"
+    assert json.loads((report / "results.json").read_text())["unseen"].keys() == set(config.unseen_tasks)
+    for name in ("training_curves.png", "confusion.png", "alphas.png"):
+        assert (report / name).read_bytes()[:4] == b"\x89PNG"
+    table = (report / "table2.md").read_text()
+    for method in [*METHOD_ORDER, "expert: math", "expert: code", "expert: reasoning"]:
+        assert f"| {method} |" in table
+    for task in config.unseen_tasks:
+        row = summary["unseen"][task]
+        assert {*METHOD_ORDER} <= row.keys()
+        assert all(score["n"] == config.unseen_n for score in row.values())
+        # each dispatcher decided once per test prompt
+        assert sum(row["prompt dispatch"]["labels"].values()) == config.unseen_n
+    matrix = summary["confusion"]["prompt dispatch"]["matrix"]
+    assert [sum(r) for r in matrix] == [config.unseen_n] * len(config.unseen_tasks)
+
+
+def test_base_and_expert_rows_match_an_independent_evaluation(job):
+    config, summary = job
+    task = get_task(config.unseen_tasks[0])
+    model, tokenizer = load_embedded_model()
+    base = evaluate(model, task, tokenizer, n=config.unseen_n, progress=False).accuracy
+    assert summary["unseen"][task.name]["base"]["accuracy"] == base
+    expert = PeftModel.from_pretrained(model, summary["experts"]["math"]["path"])
+    accuracy = evaluate(expert, task, tokenizer, n=config.unseen_n, progress=False).accuracy
+    assert summary["unseen"][task.name]["expert: math"]["accuracy"] == accuracy
+
+
+def test_a_second_run_reuses_the_experts_and_reproduces_the_table(job):
+    config, summary = job
+    adapters = sorted((config.output_dir / "experts").glob("*/expert/adapter_model.safetensors"))
+    assert len(adapters) == 4  # three domains and the classifier
+    stamps = [a.stat().st_mtime_ns for a in adapters]
+    again = run_pipeline(config)
+    assert [a.stat().st_mtime_ns for a in adapters] == stamps
+    for task in config.unseen_tasks:
+        for method in ("base", "prompt dispatch", "classification expert", "soft dispatch", "few-shot CEM"):
+            assert again["unseen"][task][method]["accuracy"] == summary["unseen"][task][method]["accuracy"]
