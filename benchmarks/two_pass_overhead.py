@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch, tokens, population, shots, cem_tokens, repeats = (
         (4, [16, 32], 8, 2, 16, 1) if args.quick else (8, [64, 256], 32, 3, 32, 2)
     )
+    load_start = os.getloadavg()[0]
     model, tokenizer = build(args.noise)
     sams = {
         name: SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=name) for name in ("prompt", "soft")
@@ -202,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(cem))
     report = {
         "model": "SmolLM2-135M-Instruct (embedded)", "device": "cpu", "threads": torch.get_num_threads(),
-        "platform": platform.platform(), "batch": batch, "quick": args.quick, "expert_noise": args.noise,
+        "platform": platform.platform(), "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(), "batch": batch, "quick": args.quick, "expert_noise": args.noise,
         "pass1_labels": labels, "merge_s": round(merge_s, 3), "rows": rows, "cem": cem,
     }  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
