@@ -26,17 +26,17 @@ class PipelineConfig:
     expert_lr: float = 1e-2
     expert_eval_steps: int = 10
     expert_valid_n: int = 50
-    expert_test_n: int = 200  # each expert on its own task's test split, base beside it (Table 1 layout)
+    expert_test_n: int = 100  # each expert on its own task's test split, base beside it (Table 1 layout)
     # classification expert (strategy B)
     classifier_steps: int = 20
     classifier_batch: int = 16
     classifier_eval_steps: int = 10
     classifier_valid_n: int = 30
     # unseen-task evaluation and few-shot CEM (strategy C)
-    unseen_n: int = 100
-    cem_shots: int = 8
+    unseen_n: int = 60
+    cem_shots: int = 3
     cem_population: int = 32
-    cem_generations: int = 5
+    cem_generations: int = 3
     cem_elite_ratio: float = 0.2
 
     def expert_settings(self) -> dict[str, Any]:
@@ -57,17 +57,17 @@ FULL = PipelineConfig()
 QUICK = replace(
     FULL,
     output_dir=Path("outputs/transformer2-quick"),
-    expert_steps=4,
-    expert_batch=8,
+    expert_steps=2,
+    expert_batch=4,
     expert_eval_steps=2,
-    expert_valid_n=8,
-    expert_test_n=16,
+    expert_valid_n=4,
+    expert_test_n=8,
     classifier_steps=2,
-    classifier_batch=8,
+    classifier_batch=4,
     classifier_eval_steps=2,
-    classifier_valid_n=6,
-    unseen_n=12,
-    cem_shots=3,
-    cem_population=6,
-    cem_generations=2,
+    classifier_valid_n=3,
+    unseen_n=8,
+    cem_shots=2,
+    cem_population=4,
+    cem_generations=1,
 )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from .strategies import BASE, CLASSIFIER, FEW_SHOT, PROMPT, SOFT
+
+logger = logging.getLogger(__name__)
 
 METHOD_ORDER = (BASE, "best single expert", PROMPT, CLASSIFIER, FEW_SHOT, SOFT)
 
@@ -76,7 +79,11 @@ def write_report(folder: Path, summary: dict[str, Any]) -> list[Path]:
 
 
 def _figures(folder: Path, summary: dict[str, Any]) -> list[Path]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("no figures: they need matplotlib (pip install 'peft-svf[report]')")
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
