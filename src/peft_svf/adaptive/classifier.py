@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..tasks import Task
 from ..tasks.classification import build_task_id_dataset, task_id_reward
-from ..trainer.config import SVFTrainingConfig
-from ..trainer.recipe import EXPERT_DIR, RESULTS_FILE, adapter_config
-from ..trainer.trainer import SVFTrainer
+from ..trainer.recipe import EXPERT_DIR, RESULTS_FILE, train_expert
 
 
 def train_classification_expert(
@@ -55,51 +53,16 @@ def train_classification_expert(
         tasks, split="valid", n_per_task=per_task, seed=seed, descriptions=descriptions
     )
     valid = valid.select(range(min(valid_n, len(valid))))
-    trainer = SVFTrainer(
-        model,
-        task_id_reward(),
-        args=SVFTrainingConfig(
-            output_dir=str(output_dir),
-            per_device_train_batch_size=batch,
-            per_device_eval_batch_size=32,
-            gradient_accumulation_steps=1,
-            learning_rate=lr,
-            max_steps=steps,
-            kl_coef=kl_coef,
-            max_completion_length=max_new_tokens,
-            eval_strategy="steps",
-            eval_steps=eval_steps,
-            save_strategy="steps",
-            save_steps=eval_steps,
-            save_total_limit=2,
-            load_best_model_at_end=True,
-            report_to=[],
-            seed=seed,
-            disable_tqdm=not progress,
-        ),
-        train_dataset=train,
-        eval_dataset=valid,
-        processing_class=tokenizer,
-        peft_config=adapter_config("svf"),
+    task = Task(name="task_identification", domain="classification", loader=lambda split: train,
+                reward=task_id_reward(), max_new_tokens=max_new_tokens, splits=("train",))  # fmt: skip
+    results = train_expert(
+        model, tokenizer, task, output_dir, train_dataset=train, valid_dataset=valid, steps=steps, batch=batch,
+        lr=lr, kl_coef=kl_coef, max_new_tokens=max_new_tokens, eval_steps=eval_steps, valid_n=valid_n,
+        test_n=0, seed=seed, evaluate_base=False, progress=progress,
+    )  # fmt: skip
+    results.update(
+        tasks=dict(tasks), train_rows=len(train), valid_rows=len(valid), path=str(output_dir / EXPERT_DIR)
     )
-    settings = dict(steps=steps, batch=batch, lr=lr, kl_coef=kl_coef, max_new_tokens=max_new_tokens,
-                    eval_steps=eval_steps, valid_n=valid_n, n_per_task=n_per_task, seed=seed)  # fmt: skip
-    start = time.time()
-    trainer.train()
-    path = output_dir / EXPERT_DIR
-    trainer.save_model(str(path))
-    results: dict[str, Any] = {
-        "tasks": dict(tasks),
-        "settings": settings,
-        "train_rows": len(train),
-        "valid_rows": len(valid),
-        "train_wall_s": round(time.time() - start, 1),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "valid_accuracy_by_step": {
-            log["step"]: log["eval_accuracy"] for log in trainer.state.log_history if "eval_accuracy" in log
-        },
-        "log_history": trainer.state.log_history,
-        "path": str(path),
-    }
+    results["settings"]["n_per_task"] = n_per_task
     (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
     return results
