@@ -79,8 +79,14 @@ def _expert_configs(model: PeftModel, alpha: Alpha) -> dict[str, SVFConfig]:
     return configs
 
 
-def mixture_vectors(model: PeftModel, alpha: Alpha) -> tuple[str, float, dict[str, torch.Tensor]]:
-    """(parameterisation, max_mult, {module: vector}) of the adapter that is the ``alpha`` mixture."""
+def mixture_vectors(
+    model: PeftModel, alpha: Alpha, exact_gain: bool = False
+) -> tuple[str, float, dict[str, torch.Tensor]]:
+    """(parameterisation, max_mult, {module: vector}) of the adapter that is the ``alpha`` mixture.
+
+    ``exact_gain`` always returns the gain itself as a ``"scale"`` vector: what temporary adapters use,
+    since the layers then skip recomputing an official mask on every forward pass.
+    """
     configs = _expert_configs(model, alpha)
     first = next(iter(configs.values()))
     layers = svf_layers(model)
@@ -96,6 +102,9 @@ def mixture_vectors(model: PeftModel, alpha: Alpha) -> tuple[str, float, dict[st
     for module, layer in layers.items():
         weights = _layer_weights(alpha, module)
         vectors[module], gains[module] = _official_mix(layer, weights, max_mult, identity_mask)
+    as_gains = {module: gain.float() for module, gain in gains.items()}
+    if exact_gain:
+        return "scale", 1.0, as_gains
     # Finite p' only: a saturated mask needs p' = +-inf, which no adapter file may hold.
     exact = all(
         torch.isfinite(vectors[m]).all()
@@ -103,9 +112,7 @@ def mixture_vectors(model: PeftModel, alpha: Alpha) -> tuple[str, float, dict[st
         <= _REPRESENTATION_TOL
         for m in layers
     )
-    if exact:
-        return "official", max_mult, vectors
-    return "scale", 1.0, {module: gain.float() for module, gain in gains.items()}
+    return ("official", max_mult, vectors) if exact else ("scale", 1.0, as_gains)
 
 
 def _check_adapted(layer: SVFLayer, names: list[str]) -> None:
@@ -186,8 +193,9 @@ def mix_svf_adapters(model: PeftModel, alpha: Alpha, new_name: str) -> str:
 def temporary_mixtures(model: PeftModel, mixtures: Mapping[str, Alpha]) -> Iterator[list[str]]:
     """Adapters ``{name: alpha}`` that exist only inside the block, usable as ``adapter_names`` rows.
 
-    They are written straight into the layers (no PEFT config, no ``add_adapter`` walk over the model),
-    which is what keeps a CEM generation's 32 mixtures cheap, and removed on exit even after an error.
+    They are written straight into the layers (no PEFT config, no ``add_adapter`` walk over the model) as
+    their exact gains, which keeps a CEM generation's 32 mixtures cheap to build and to run, and removed
+    on exit even after an error.
     """
     layers = svf_layers(model)
     clashes = [name for name in mixtures if name in model.peft_config or name == BASE]
@@ -196,7 +204,7 @@ def temporary_mixtures(model: PeftModel, mixtures: Mapping[str, Alpha]) -> Itera
     created: list[str] = []
     try:
         for name, alpha in mixtures.items():
-            parameterization, max_mult, vectors = mixture_vectors(model, alpha)
+            parameterization, max_mult, vectors = mixture_vectors(model, alpha, exact_gain=True)
             for module, vector in vectors.items():
                 layer = layers[module]
                 layer.svf_vector[name] = torch.nn.Parameter(
