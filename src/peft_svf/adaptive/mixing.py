@@ -46,10 +46,6 @@ def svf_layers(model: PeftModel) -> dict[str, SVFLayer]:
     }
 
 
-def is_per_layer(alpha: Alpha) -> bool:
-    return any(isinstance(weight, Mapping) for weight in alpha.values())
-
-
 def _layer_weights(alpha: Alpha, module: str) -> dict[str, float]:
     weights = {}
     for name, weight in alpha.items():
