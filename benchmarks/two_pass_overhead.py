@@ -1,6 +1,7 @@
 """What two-pass self-adaptive inference costs on the embedded SmolLM2-135M-Instruct (paper Table 3, appendix D).
 
     OMP_NUM_THREADS=1 python benchmarks/two_pass_overhead.py [--quick]
+    python benchmarks/two_pass_overhead.py --random-weights DIR --device cuda --dtype bfloat16   # on a GPU
 
 Three experts with random vectors (``init_noise_std``; speed does not depend on what they learned) and a
 batch of prompts from the unseen offline tasks. Measures, greedy, every completion forced to its full
@@ -11,6 +12,9 @@ length:
 2. pass-2 throughput against plain base-model ``generate`` on the same prompts, for one expert shared by
    all rows (weights merged for the call, or not), per-row experts, and per-row soft mixtures;
 3. one CEM generation: the whole population in one batched ``generate`` against member by member.
+
+``--random-weights DIR`` builds the model from ``DIR``'s ``config.json`` and tokenizer with random
+weights (timing does not depend on them, and no weights need to travel to a GPU machine).
 
 Prints a table and writes JSON to ``benchmarks/results/two_pass_overhead.json``.
 """
@@ -33,7 +37,6 @@ from peft_svf import SVFConfig
 from peft_svf.adaptive import DispatchDecision, SelfAdaptiveModel, evaluate_population, temporary_mixtures
 from peft_svf.adaptive.generation import routed_generate, weights_carrying
 from peft_svf.adaptive.prompts import render
-from peft_svf.embedded import load_embedded_model
 from peft_svf.tasks import OFFLINE_UNSEEN_TASKS, get_task
 
 EXPERTS = ["math", "code", "reasoning"]
@@ -41,8 +44,12 @@ RESULTS = Path(__file__).parent / "results" / "two_pass_overhead.json"
 
 
 def timed(fn: Any) -> tuple[float, Any]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     value = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start, value
 
 
@@ -50,8 +57,23 @@ def best_of(repeats: int, fn: Any) -> float:
     return min(timed(fn)[0] for _ in range(repeats))
 
 
-def build(noise: float) -> tuple[Any, Any]:
-    model, tokenizer = load_embedded_model()
+def base_model(random_weights: Path | None, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """The embedded SmolLM2, or a model of the same shape with random weights."""
+    if random_weights is None:
+        from peft_svf.embedded import load_embedded_model
+
+        model, tokenizer = load_embedded_model()
+    else:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(random_weights))
+        tokenizer = AutoTokenizer.from_pretrained(random_weights)
+    return model.to(device=device, dtype=dtype), tokenizer
+
+
+def build(noise: float, random_weights: Path | None, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    model, tokenizer = base_model(random_weights, device, dtype)
     peft_model = None
     for i, name in enumerate(EXPERTS):
         torch.manual_seed(i)
@@ -186,12 +208,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--noise", type=float, default=0.05, help="init_noise_std of the random experts")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--random-weights", type=Path, default=None, metavar="DIR",
+                        help="config.json + tokenizer of the model to build with random weights")  # fmt: skip
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
     batch, tokens, population, shots, cem_tokens, repeats = (
         (4, [16, 32], 8, 2, 16, 1) if args.quick else (8, [64, 256], 32, 3, 32, 2)
     )
     load_start = os.getloadavg()[0]
-    model, tokenizer = build(args.noise)
+    model, tokenizer = build(args.noise, args.random_weights, args.device, getattr(torch, args.dtype))
     sams = {
         name: SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=name) for name in ("prompt", "soft")
     }
@@ -203,7 +229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cem = cem_speed(sams["prompt"], population, shots, cem_tokens, 1)
     print(json.dumps(cem))
     report = {
-        "model": "SmolLM2-135M-Instruct (embedded)", "device": "cpu", "threads": torch.get_num_threads(),
+        "model": f"SmolLM2-135M-Instruct ({'random weights' if args.random_weights else 'embedded'})",
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "dtype": args.dtype, "threads": torch.get_num_threads(),
         "platform": platform.platform(), "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "cpus": os.cpu_count(), "batch": batch, "quick": args.quick, "expert_noise": args.noise,
         "pass1_labels": labels, "merge_s": round(merge_s, 3), "rows": rows, "cem": cem,
