@@ -165,3 +165,20 @@ def test_a_bad_reward_stops_training_naming_the_function_and_the_sample(tmp_path
     trainer = make_trainer(str(tmp_path), reward_funcs=[starts_with, flaky], max_steps=1)
     with pytest.raises(RewardError, match=r"'flaky' returned .* for sample 3 \(prompt="):
         trainer.train()
+
+
+@pytest.mark.parametrize("kind", ["svf", "lora"])
+def test_merged_rollouts_leave_bf16_base_weights_bit_identical(tmp_path, kind):
+    trainer = make_trainer(str(tmp_path), kind)
+    model = trainer.model.to(torch.bfloat16)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    adapter = [p for p in model.parameters() if p.requires_grad]
+    for step in range(20):  # the vectors move between rollouts, as in training
+        with torch.no_grad():
+            for p in adapter:
+                p.add_(0.05 * torch.randn_like(p))
+        with trainer._generation_model() as generation_model:
+            assert any(getattr(m, "merged", False) for m in generation_model.modules()), step
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            assert torch.equal(param, base[name]), name
