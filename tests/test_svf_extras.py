@@ -200,3 +200,30 @@ def test_quantized_base_identity_adapter_matches_quantized_output(kind, input_id
             layer(x).double(), quantized_out + x.double() @ change.T, atol=1e-4, rtol=1e-4
         )
     assert all(not p.requires_grad for n, p in model.named_parameters() if "svf_vector" not in n)
+
+
+def test_4bit_base_used_for_inference_first_still_decomposes_its_own_weights(input_ids):
+    """bitsandbytes repacks a 4-bit weight at its first no-grad eval forward on AVX512-BF16 CPUs."""
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    base = quantize_linears(make_tiny_llama(hidden=128, layers=1), "4bit").eval()
+    dequantized = {
+        name: dequantize_bnb_weight(m.weight).float().clone()
+        for name, m in base.named_modules()
+        if isinstance(m, bnb.nn.Linear4bit)
+    }
+    with torch.no_grad():
+        base(input_ids)  # may repack the weights (and then computes in bf16)
+    model = get_peft_model(base, SVFConfig())
+    for name, layer in model.named_modules():
+        if isinstance(layer, SVFLayer):
+            key = name.removeprefix("base_model.model.")
+            # repacking stores the block scales in bf16, so undoing it gives them back to bf16 precision
+            torch.testing.assert_close(layer.dense_weight(), dequantized[key], atol=1e-2, rtol=1e-2)
+    with torch.no_grad(), model.disable_adapter():
+        expected = model(input_ids).logits
+    with torch.no_grad():
+        assert (model(input_ids).logits - expected).abs().max() <= 1e-5
+    embeddings = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+    model(inputs_embeds=embeddings).logits.sum().backward()
+    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0

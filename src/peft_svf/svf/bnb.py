@@ -52,11 +52,31 @@ if is_bnb_available():
 if is_bnb_4bit_available():
     import bitsandbytes as bnb
 
+    try:  # versions that repack 4-bit weights for AVX512-BF16 CPUs (packing_format_for_cpu) have it
+        from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+    except ImportError:  # older versions never repack
+        _convert_weight_packed_for_cpu_inverse = None
+
+    def _unpacked_for_cpu(base: nn.Module) -> nn.Module:
+        """``base`` with its weight in the standard 4-bit layout, and told to keep it.
+
+        On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight at its first no-grad eval forward;
+        dequantising the repacked weight gives wrong values (the SVD would be of another matrix), and
+        backward through it gives no input gradient. SVF needs both, so the repacking is undone and off.
+        """
+        base.support_avx512bf16_for_cpu = False
+        weight = base.weight
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                weight.data, weight.quant_state
+            )
+        return base
+
     class Linear4bit(_QuantizedSVFLayer):
         """SVF on ``bnb.nn.Linear4bit``."""
 
         def dense_weight(self) -> torch.Tensor:
-            return dequantize_bnb_weight(self.get_base_layer().weight).float()
+            return dequantize_bnb_weight(_unpacked_for_cpu(self.get_base_layer()).weight).float()
 
         def write_dense_weight(self, matrix: torch.Tensor) -> None:
             base = self.get_base_layer()
