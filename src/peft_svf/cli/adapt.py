@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
 
     data = read_table(args.data, args.prompt_column)
     reward = get_task(args.task).reward if args.task else make_reward(args.reward, data)
-    model, tokenizer = load_model(args.model, args.device)
+    model, tokenizer = load_model(args.model, args.device, args.dtype)
     sam = self_adaptive_model(args.experts, model, tokenizer)
     result = sam.adapt(
         chat_prompts(data, tokenizer, args.raw_prompts), reward, population_size=args.population_size,

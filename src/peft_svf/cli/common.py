@@ -63,13 +63,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True) ->
         default=None,
         help="Hugging Face model id or folder (default: the embedded SmolLM2-135M-Instruct)",
     )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights' dtype (default: auto, the checkpoint's own; an 8B model in float32 needs 32 GB)",
+    )
     if device:
         parser.add_argument(
             "--device", default="auto", help="torch device (default: cuda if available, else cpu)"
         )
 
 
-def load_model(name: str | None, device: str | None = None) -> tuple[Any, Any]:
+def load_model(name: str | None, device: str | None = None, dtype: str = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) for ``--model``: the embedded model when ``name`` is None, in eval mode."""
     import torch
 
@@ -80,8 +86,10 @@ def load_model(name: str | None, device: str | None = None) -> tuple[Any, Any]:
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(name)
+    if dtype != "auto":
+        model.to(getattr(torch, dtype))
     if device is not None:
         model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     return model.eval(), tokenizer

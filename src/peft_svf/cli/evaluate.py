@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
             "give either --adapter (one expert) or --expert NAME=DIR (a self-adaptive set), not both"
         )
     task = get_task(args.task)
-    model, tokenizer = load_model(args.model, args.device)
+    model, tokenizer = load_model(args.model, args.device, args.dtype)
     settings = dict(split=args.split, n=args.n, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                     progress=not args.quiet)  # fmt: skip
     base = evaluate(model, task, tokenizer, **settings) if args.compare_base else None

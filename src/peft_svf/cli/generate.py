@@ -90,7 +90,7 @@ def _completions(sam: Any, prompts: Sequence[Any], args: argparse.Namespace) -> 
 
 
 def generate_main(args: argparse.Namespace) -> int:
-    model, tokenizer = load_model(args.model, args.device)
+    model, tokenizer = load_model(args.model, args.device, args.dtype)
     sam = self_adaptive_model(args.experts, model, tokenizer, args.dispatcher, args.classifier)
     completions = _completions(sam, [as_prompt(p, tokenizer, args.raw_prompts) for p in args.prompts], args)
     for i, (prompt, decision, text) in enumerate(
@@ -105,7 +105,7 @@ def generate_main(args: argparse.Namespace) -> int:
 
 
 def chat_main(args: argparse.Namespace) -> int:
-    model, tokenizer = load_model(args.model, args.device)
+    model, tokenizer = load_model(args.model, args.device, args.dtype)
     sam = self_adaptive_model(args.experts, model, tokenizer, args.dispatcher, args.classifier)
     opening = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(opening)

@@ -125,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
     tables = {split: read_table(path, args.prompt_column) for split, path in files.items()}
     reward = make_reward(args.reward, *tables.values()) if tables else None
     task = None if tables else get_task(args.task)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
     train_dataset = valid_dataset = None
     if task is None:
         task = _data_task(args, tables, reward, tokenizer)
