@@ -59,3 +59,18 @@ def load_embedded_model(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.eval()
     return model, tokenizer
+
+
+def load_model_or_embedded(
+    name: str | None = None, dtype: str = "auto"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A Hub id or folder, or the embedded model when ``name`` is None: every command's ``--model``.
+
+    ``dtype`` is ``"auto"`` (the checkpoint's own; the embedded model's is float32) or a torch dtype name.
+    """
+    if name is None:
+        model, tokenizer = load_embedded_model()
+        if dtype != "auto":
+            model.to(getattr(torch, dtype))
+        return model, tokenizer
+    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype), AutoTokenizer.from_pretrained(name)

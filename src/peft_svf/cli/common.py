@@ -79,17 +79,9 @@ def load_model(name: str | None, device: str | None = None, dtype: str = "auto")
     """(model, tokenizer) for ``--model``: the embedded model when ``name`` is None, in eval mode."""
     import torch
 
-    if name is None:
-        from ..embedded import load_embedded_model
+    from ..embedded import load_model_or_embedded
 
-        model, tokenizer = load_embedded_model()
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    if dtype != "auto":
-        model.to(getattr(torch, dtype))
+    model, tokenizer = load_model_or_embedded(name, dtype)
     if device is not None:
         model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     return model.eval(), tokenizer

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..tasks import get_task
 from .config import FULL, QUICK, PipelineConfig
 from .experts import ModelLoader, classification_expert, domain_experts
 from .report import confusion, experts_markdown, table2_markdown, with_best_single_expert, write_report
@@ -23,17 +24,9 @@ logger = logging.getLogger("peft_svf.pipeline")
 
 def model_loader(model: str | None) -> ModelLoader:
     """A fresh base model and its tokenizer on each call (each expert trains on its own copy)."""
-    if model is None:
-        from ..embedded import load_embedded_model
+    from ..embedded import load_model_or_embedded
 
-        return load_embedded_model
-
-    def load() -> tuple[Any, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        return AutoModelForCausalLM.from_pretrained(model), AutoTokenizer.from_pretrained(model)
-
-    return load
+    return lambda: load_model_or_embedded(model)
 
 
 def self_adaptive_models(
@@ -65,7 +58,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     classified = time.time()
     sams = self_adaptive_models(experts, classifier, load_model)
     unseen = with_best_single_expert(evaluate_unseen(config, sams, sams[PROMPT].tokenizer))
-    domains = {name: get_domain(name) for name in config.unseen_tasks}
+    domains = {name: get_task(name).domain for name in config.unseen_tasks}
     summary = {
         "config": config.to_dict(),
         "experts": experts,
@@ -84,12 +77,6 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     print(f"\nUnseen tasks, accuracy % (normalised score):\n{table2_markdown(unseen)}")
     print(f"\nTotal {summary['seconds']['total'] / 60:.1f} min. Report: " + ", ".join(str(f) for f in files))
     return summary
-
-
-def get_domain(task_name: str) -> str:
-    from ..tasks import get_task
-
-    return get_task(task_name).domain
 
 
 def parse_args(argv: list[str] | None = None) -> PipelineConfig:

@@ -39,15 +39,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output-dir", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    if args.model is None:
-        from ..embedded import load_embedded_model
+    from ..embedded import load_model_or_embedded
 
-        model, tokenizer = load_embedded_model()
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(args.model)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model, tokenizer = load_model_or_embedded(args.model)
     results = train_expert(
         model, tokenizer, get_task(args.task),
         args.output_dir or Path(f"experts/{args.task}-{args.adapter}-seed{args.seed}"),
