@@ -119,3 +119,35 @@ def test_config_defaults_follow_the_paper(tmp_path):
 def test_config_rejects_group_baselines_without_several_generations(tmp_path):
     with pytest.raises(ValueError, match="num_generations >= 2"):
         SVFTrainingConfig(str(tmp_path), advantage_baseline="leave_one_out", num_generations=1, report_to=[])
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.2])
+def test_loss_equals_equation_one_against_a_separate_base_model(tmp_path, kl_coef):
+    from test_trainer_fixtures import make_trainer, prompts
+
+    trainer = make_trainer(str(tmp_path), kl_coef=kl_coef, temperature=0.7, max_completion_length=5)
+    model = trainer.model
+    with torch.no_grad():  # move the vectors off the identity so the adapted and base models differ
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    inputs = trainer._prepare_inputs([{"prompt": p} for p in prompts(16, seed=3)])
+    loss = trainer.compute_loss(model, inputs)
+
+    base = tiny_llama(len(tiny_tokenizer()))  # the same seed as the trainer's base: an independent copy
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    start, mask = inputs["prompt_ids"].size(1) - 1, inputs["completion_mask"].double()
+    with torch.no_grad():
+        adapted = F.log_softmax(model(input_ids=ids, attention_mask=attention).logits[:, start:-1].double() / 0.7, -1)
+        reference = F.log_softmax(base(input_ids=ids, attention_mask=attention).logits[:, start:-1].double() / 0.7, -1)
+    chosen = adapted.gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    kl = (adapted.exp() * (adapted - reference)).sum(-1)
+    expected = -(inputs["advantages"].double() * (chosen * mask).sum(1)).mean() + kl_coef * (kl * mask).sum(1).mean()
+    assert 0 < inputs["completion_mask"].sum() < inputs["completion_mask"].numel()  # some stopped early
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-4, atol=1e-4)
+    logged = trainer._metrics["train"].get("kl", [])
+    if kl_coef:
+        assert logged[-1] == pytest.approx(((kl * mask).sum() / mask.sum()).item(), rel=1e-4)
+    else:
+        assert not logged
