@@ -273,8 +273,10 @@ class SVFTrainer(Trainer):
         """Log-softmax over the vocabulary at every completion position, shape (batch, completion, vocab)."""
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        logits = logits[:, inputs["prompt_ids"].size(1) - 1 : -1, :].float() / self.args.temperature
+        # As TRL does: the LM head runs only where a completion token is predicted, not over the prompt.
+        keep = inputs["completion_ids"].size(1) + 1
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+        logits = logits[:, -keep:-1, :].float() / self.args.temperature
         return torch.log_softmax(logits, dim=-1)
 
     def compute_loss(
