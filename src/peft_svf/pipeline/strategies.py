@@ -63,6 +63,16 @@ def _dispatched(sam: Any, task: Task, tokenizer: Any, n: int, base: float) -> di
     return scores
 
 
+def _score_with_adapter(sam: Any, adapter: str, task: Task, tokenizer: Any, n: int, base: float) -> dict[str, Any]:
+    """Score with one adapter on every prompt through ``sam``: it adds the adapter into the weights for the
+    batch (base-model speed, half the time of SVF's factored forward) and puts the exact weights back."""
+    sam.use_mixture(adapter)
+    try:
+        return _score(sam, task, tokenizer, n, base)
+    finally:
+        sam.use_mixture(None)
+
+
 def evaluate_unseen(
     config: PipelineConfig, sams: dict[str, Any], tokenizer: Any
 ) -> dict[str, dict[str, Any]]:
@@ -81,8 +91,7 @@ def evaluate_unseen(
         base = row[BASE]["accuracy"]
         row[BASE]["normalized"] = 1.0 if base else None
         for expert in experts:
-            peft_model.set_adapter(expert)
-            row[f"expert: {expert}"] = _score(peft_model, task, tokenizer, n, base)
+            row[f"expert: {expert}"] = _score_with_adapter(sam, expert, task, tokenizer, n, base)
         for strategy in (PROMPT, CLASSIFIER, SOFT):
             row[strategy] = _dispatched(sams[strategy], task, tokenizer, n, base)
         row[FEW_SHOT] = _few_shot(config, sam, task, tokenizer, base)
@@ -103,11 +112,7 @@ def _few_shot(config: PipelineConfig, sam: Any, task: Task, tokenizer: Any, base
     )  # fmt: skip
     search_seconds = round(time.time() - start, 1)
     sam.model.save_pretrained(str(config.output_dir / "adapters"), selected_adapters=[found.adapter_name])
-    sam.use_mixture(found.adapter_name)
-    try:
-        scores = _score(sam, task, tokenizer, config.unseen_n, base)
-    finally:
-        sam.use_mixture(None)
+    scores = _score_with_adapter(sam, found.adapter_name, task, tokenizer, config.unseen_n, base)
     scores.update(alpha=found.alpha, few_shot_score=found.score, search_seconds=search_seconds,
                   history=found.history)  # fmt: skip
     return scores
