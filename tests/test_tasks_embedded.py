@@ -25,7 +25,7 @@ def test_batched_generation_matches_unbatched_on_the_real_model(embedded):
 
 def test_evaluate_on_an_offline_task(embedded):
     model, tokenizer = embedded
-    task = get_task("offline_reasoning")
+    task = get_task("offline_reasoning_letters")
     result = evaluate(model, task, tokenizer, n=8, batch_size=8, max_new_tokens=12, progress=False)
     assert result.n == 8
     rescored = task.reward([r["completion"] for r in result.records], **{

@@ -13,7 +13,7 @@ from peft_svf.tasks import (
 )
 from peft_svf.tasks.offline import _CATEGORIES
 
-ALL = OFFLINE_TRAIN_TASKS + OFFLINE_UNSEEN_TASKS
+ALL = (*OFFLINE_TRAIN_TASKS, "offline_reasoning_letters", *OFFLINE_UNSEEN_TASKS)  # letters: kept for reference
 
 
 def rewards(name, data, completions):
@@ -38,7 +38,7 @@ def test_seeded_and_split(name):
     assert len(set(test["question"])) == len(test)
     prompt = test[0]["prompt"]
     assert prompt == [{"role": "user", "content": prompt[0]["content"]}]
-    if name in OFFLINE_TRAIN_TASKS:  # trained tasks are tested on questions never seen in training
+    if name not in OFFLINE_UNSEEN_TASKS:  # trained tasks are tested on questions never seen in training
         assert not set(test["question"]) & (set(train["question"]) | set(valid["question"]))
 
 
@@ -63,14 +63,29 @@ def test_math_unseen_answers_and_a_boxed_answer_wins():
     assert rewards("offline_math_unseen", data, [f"\\boxed{{{int(g) + 1}}} or {g}" for g in golds]) == [-1.0] * 100
 
 
-def test_reasoning_answer_is_the_largest_option():
+def test_reasoning_answer_is_the_asked_extreme_and_the_first_number_counts():
     data = get_task("offline_reasoning").load("test").select(range(100))
+    words = set()
+    for row in data:
+        word, *numbers = re.fullmatch(r"Which number is the (\w+): (\d+), (\d+) or (\d+)\?", row["question"]).groups()
+        words.add(word)
+        assert int(row["answer"]) == {"largest": max, "smallest": min}[word](map(int, numbers))
+    assert words == {"largest", "smallest"}
+    golds = list(data["answer"])
+    assert rewards("offline_reasoning", data, [f"The {g} is it." for g in golds]) == [1.0] * 100
+    # the first number is the answer: naming another option first is wrong even if the right one follows
+    others = [re.findall(r"\d+", q.replace(g, "", 1))[0] for q, g in zip(data["question"], golds, strict=True)]
+    assert rewards("offline_reasoning", data, [f"{o}, not {g}" for o, g in zip(others, golds, strict=True)]) == [-1.0] * 100
+
+
+def test_reasoning_letters_answer_is_the_largest_option():
+    data = get_task("offline_reasoning_letters").load("test").select(range(100))
     for row in data:
         options = dict(re.findall(r"([A-C])\) (\d+)", row["question"]))
         assert row["answer"] == max(options, key=lambda k: int(options[k]))
-    assert rewards("offline_reasoning", data, [f"The answer is {a}" for a in data["answer"]]) == [1.0] * 100
+    assert rewards("offline_reasoning_letters", data, [f"The answer is {a}" for a in data["answer"]]) == [1.0] * 100
     wrong = [next(label for label in "ABC" if label != a) for a in data["answer"]]
-    assert rewards("offline_reasoning", data, wrong) == [-1.0] * 100
+    assert rewards("offline_reasoning_letters", data, wrong) == [-1.0] * 100
 
 
 def test_reasoning_unseen_answer_belongs_to_the_category():

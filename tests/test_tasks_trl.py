@@ -8,7 +8,7 @@ from tasks_tiny_lm import tiny_chat_lm
 
 
 def test_grpo_trainer_calls_a_task_reward_with_its_columns(tmp_path):
-    task = get_task("offline_reasoning")
+    task = get_task("offline_reasoning_letters")
     calls = []
 
     def recorded(completions, **kwargs):

@@ -16,9 +16,13 @@ code          ``offline_code``        ``offline_code_unseen``: complete a functi
               function from a
               description + test
 reasoning     ``offline_reasoning``   ``offline_reasoning_unseen``: which of four things belongs to a
-              largest of 3 numbers    category (A-D)
-              (A-C)
+              largest or smallest of  category (A-D)
+              3 numbers, answered
+              with the number
 ============  ======================  =================================================================
+
+``offline_reasoning_letters`` (largest of three as options A-C) was the first reasoning task; it is kept
+for reference only: the embedded model answers "A)" to every item, and no SVF expert learned it (docs/tasks.md).
 
 Items are generated from a seeded ``random.Random`` per (stream, split): the same seed always gives
 the same items. The training pool is split as the authors did (even indices train, odd validate);
@@ -147,6 +151,13 @@ def _mc(rng: random.Random, options: list[str], correct: str, question: str) -> 
             "choice_labels": labels}  # fmt: skip
 
 
+def _reasoning_extreme(rng: random.Random) -> Item:
+    values = rng.sample(range(10, 100), 3)
+    word, pick = rng.choice([("largest", max), ("smallest", min)])
+    text = f"Which number is the {word}: {values[0]}, {values[1]} or {values[2]}?"
+    return {"question": text, "user": f"{text} Answer with just the number.", "answer": str(pick(values))}
+
+
 def _reasoning_largest(rng: random.Random) -> Item:
     values = rng.sample(range(10, 100), 3)
     return _mc(rng, [str(v) for v in values], str(max(values)), "Which number is the largest?")
@@ -215,9 +226,12 @@ OFFLINE_TASKS: dict[str, tuple[str, Generator, str, Any, int, str]] = {
     "offline_code": ("code", _code_write, "_code_write_two_step",
                      code_reward(assert_tests_program, name="offline_code_reward"), 48,
                      "two-step integer function from a description and a test, run in the sandbox (MBPP analogue)"),
-    "offline_reasoning": ("reasoning", _reasoning_largest, "_reasoning_largest",
-                          choice_reward(name="offline_reasoning_reward"), 32,
-                          "largest of three numbers, options A-C (ARC-Easy analogue)"),
+    "offline_reasoning": ("reasoning", _reasoning_extreme, "_reasoning_extreme",
+                          numeric_reward(position="first", name="offline_reasoning_reward"), 12,
+                          "largest or smallest of three numbers, 'answer with just the number' (ARC-Easy analogue)"),
+    "offline_reasoning_letters": ("reasoning", _reasoning_largest, "_reasoning_largest",
+                                  choice_reward(name="offline_reasoning_letters_reward"), 32,
+                                  "largest of three numbers, options A-C (kept for reference: not learnable here)"),
     "offline_math_unseen": ("math", _math_boxed, "_math_boxed",
                             numeric_reward(position="result", name="offline_math_unseen_reward"), 48,
                             "LaTeX multiplication/subtraction (often negative), asked for \\boxed{} (MATH analogue)"),
