@@ -21,7 +21,7 @@ class PipelineConfig:
     unseen_tasks: tuple[str, ...] = DEFAULT_UNSEEN_TASKS
     seed: int = 0
     # experts (the small-batch recipe of docs/trainer.md)
-    expert_steps: int = 40
+    expert_steps: int = 30
     expert_batch: int = 16
     expert_lr: float = 1e-2
     expert_eval_steps: int = 10
