@@ -28,3 +28,15 @@ def test_identity_adapter_on_embedded_model_and_parameter_count():
         actual = peft_model(**batch).logits
     assert (actual - expected).abs().max().item() <= 1e-4  # the spec's bound; in fact exact:
     assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
+def test_model_option_loads_the_embedded_model_in_the_asked_dtype(dtype):
+    from peft_svf.embedded import load_model_or_embedded
+
+    reference, _ = load_embedded_model()  # float32, the cache's own precision
+    model, tokenizer = load_model_or_embedded(None, dtype)
+    expected = torch.float32 if dtype == "auto" else torch.bfloat16
+    assert model.dtype == expected and tokenizer.eos_token_id == 2
+    for (name, param), ref in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(param, ref.to(expected)), name

@@ -51,9 +51,12 @@ def embedded_model_path() -> Path:
 
 
 def load_embedded_model(
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load SmolLM2-135M-Instruct and its tokenizer from the local cache (no network)."""
+    """Load SmolLM2-135M-Instruct and its tokenizer from the local cache (no network).
+
+    ``dtype`` is what ``from_pretrained`` takes: a torch dtype, its name, or "auto" (the cache's float32).
+    """
     path = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -69,8 +72,5 @@ def load_model_or_embedded(
     ``dtype`` is ``"auto"`` (the checkpoint's own; the embedded model's is float32) or a torch dtype name.
     """
     if name is None:
-        model, tokenizer = load_embedded_model()
-        if dtype != "auto":
-            model.to(getattr(torch, dtype))
-        return model, tokenizer
+        return load_embedded_model(dtype)
     return AutoModelForCausalLM.from_pretrained(name, dtype=dtype), AutoTokenizer.from_pretrained(name)
