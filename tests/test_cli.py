@@ -156,10 +156,12 @@ def test_train_on_a_task_writes_adapter_results_and_card(toy_task, model_dir, tm
     output = tmp_path / "run"
     code, out, _ = run(
         ["train", "--task", toy_task, "--model", model_dir, "--steps", 2, "--batch", 8, "--lr", 0.3,
-         "--eval-steps", 2, "--valid-n", 8, "--test-n", 8, "--output-dir", output, "--quiet"], capsys,
+         "--eval-steps", 2, "--valid-n", 8, "--test-n", 8, "--temperature", 0.5, "--output-dir", output, "--quiet"],
+        capsys,
     )  # fmt: skip
     assert code == 0
     results = json.loads((output / "results.json").read_text())
+    assert results["settings"]["temperature"] == 0.5
     assert results["task"] == toy_task and results["reward"] == "starts_with" and results["test_n"] == 8
     assert {"base_test_accuracy", "expert_test_accuracy"} <= set(results)
     assert (output / "expert" / "adapter_config.json").exists()

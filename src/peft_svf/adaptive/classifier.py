@@ -15,7 +15,7 @@ from typing import Any
 
 from ..tasks import Task
 from ..tasks.classification import build_task_id_dataset, task_id_reward
-from ..trainer.recipe import EXPERT_DIR, RESULTS_FILE, train_expert
+from ..trainer.recipe import EXPERT_DIR, RESULTS_FILE, ROLLOUT_TEMPERATURE, train_expert
 
 
 def train_classification_expert(
@@ -28,6 +28,7 @@ def train_classification_expert(
     batch: int = 16,
     lr: float = 1e-2,
     kl_coef: float = 0.0,
+    temperature: float = ROLLOUT_TEMPERATURE,
     max_new_tokens: int = 32,
     eval_steps: int = 10,
     valid_n: int = 60,
@@ -57,7 +58,7 @@ def train_classification_expert(
                 reward=task_id_reward(), max_new_tokens=max_new_tokens, splits=("train",))  # fmt: skip
     results = train_expert(
         model, tokenizer, task, output_dir, train_dataset=train, valid_dataset=valid, steps=steps, batch=batch,
-        lr=lr, kl_coef=kl_coef, max_new_tokens=max_new_tokens, eval_steps=eval_steps, valid_n=valid_n,
+        lr=lr, kl_coef=kl_coef, temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps, valid_n=valid_n,
         test_n=0, seed=seed, evaluate_base=False, progress=progress,
     )  # fmt: skip
     results.update(

@@ -11,6 +11,7 @@ from datasets import Dataset
 
 from ..tasks import Task, get_task
 from ..tasks.rewards import RewardFunc
+from ..trainer.recipe import ROLLOUT_TEMPERATURE
 from .common import (
     REWARDS,
     add_model_arguments,
@@ -74,6 +75,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--batch", type=int, default=16, help="prompts per step (default: 16)")
     run.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: 1e-2)")
     run.add_argument("--kl-coef", type=float, default=0.0, help="KL penalty to the base model (default: 0)")
+    run.add_argument("--temperature", type=float, default=ROLLOUT_TEMPERATURE,
+                     help=f"rollout sampling temperature (default: {ROLLOUT_TEMPERATURE})")  # fmt: skip
     run.add_argument("--max-new-tokens", type=int, default=None,
                      help=f"completion budget (default: the task's; {DATA_MAX_NEW_TOKENS} for --data)")  # fmt: skip
     run.add_argument(
@@ -135,8 +138,9 @@ def main(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or Path(f"experts/{task.name}-{args.adapter}-seed{args.seed}")
     results = train_expert(
         model, tokenizer, task, output_dir, adapter=args.adapter, train_dataset=train_dataset,
-        valid_dataset=valid_dataset, steps=args.steps, batch=args.batch, lr=args.lr, kl_coef=args.kl_coef, max_new_tokens=args.max_new_tokens,
-        eval_steps=args.eval_steps, valid_n=args.valid_n, test_n=test_n, seed=args.seed,
+        valid_dataset=valid_dataset, steps=args.steps, batch=args.batch, lr=args.lr, kl_coef=args.kl_coef,
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, eval_steps=args.eval_steps,
+        valid_n=args.valid_n, test_n=test_n, seed=args.seed,
         evaluate_base=not args.skip_base_eval, progress=not args.quiet,
     )  # fmt: skip
     results["reward"] = getattr(task.reward, "__name__", args.reward)

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..trainer.recipe import ROLLOUT_TEMPERATURE
+
 # The offline suite: one training task per expert domain, and the unseen tasks Table 2 is measured on.
 DEFAULT_EXPERT_TASKS = {"math": "offline_math", "code": "offline_code", "reasoning": "offline_reasoning"}
 DEFAULT_UNSEEN_TASKS = ("offline_math_unseen", "offline_code_unseen", "offline_reasoning_unseen")
@@ -24,6 +26,7 @@ class PipelineConfig:
     expert_steps: int = 30
     expert_batch: int = 16
     expert_lr: float = 1e-2
+    rollout_temperature: float = ROLLOUT_TEMPERATURE  # experts and z_c
     expert_eval_steps: int = 10
     expert_valid_n: int = 50
     expert_test_n: int = 100  # each expert on its own task's test split, base beside it (Table 1 layout)
@@ -42,10 +45,11 @@ class PipelineConfig:
     def expert_settings(self) -> dict[str, Any]:
         """The settings an expert was trained with; a stored expert is reused only when they match."""
         return dict(steps=self.expert_steps, batch=self.expert_batch, lr=self.expert_lr,
-                    eval_steps=self.expert_eval_steps, valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
+                    temperature=self.rollout_temperature, eval_steps=self.expert_eval_steps, valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
 
     def classifier_settings(self) -> dict[str, Any]:
         return dict(steps=self.classifier_steps, batch=self.classifier_batch, seed=self.seed,
+                    temperature=self.rollout_temperature,
                     eval_steps=self.classifier_eval_steps, valid_n=self.classifier_valid_n,
                     experts=sorted(self.expert_tasks.items()))  # fmt: skip
 

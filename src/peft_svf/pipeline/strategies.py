@@ -63,7 +63,9 @@ def _dispatched(sam: Any, task: Task, tokenizer: Any, n: int, base: float) -> di
     return scores
 
 
-def _score_with_adapter(sam: Any, adapter: str, task: Task, tokenizer: Any, n: int, base: float) -> dict[str, Any]:
+def _score_with_adapter(
+    sam: Any, adapter: str, task: Task, tokenizer: Any, n: int, base: float
+) -> dict[str, Any]:
     """Score with one adapter on every prompt through ``sam``: it adds the adapter into the weights for the
     batch (base-model speed, half the time of SVF's factored forward) and puts the exact weights back."""
     sam.use_mixture(adapter)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks import get_task
-from .recipe import train_expert
+from .recipe import ROLLOUT_TEMPERATURE, train_expert
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=16, help="prompts per optimizer step")
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--kl-coef", type=float, default=0.0)
+    parser.add_argument(
+        "--temperature", type=float, default=ROLLOUT_TEMPERATURE, help="rollout sampling temperature"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's budget")
     parser.add_argument("--eval-steps", type=int, default=10)
     parser.add_argument("--valid-n", type=int, default=100)
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, tokenizer, get_task(args.task),
         args.output_dir or Path(f"experts/{args.task}-{args.adapter}-seed{args.seed}"),
         adapter=args.adapter, steps=args.steps, batch=args.batch, lr=args.lr, kl_coef=args.kl_coef,
+        temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, eval_steps=args.eval_steps, valid_n=args.valid_n,
         test_n=args.test_n, seed=args.seed, evaluate_base=not args.skip_base_eval,
     )  # fmt: skip

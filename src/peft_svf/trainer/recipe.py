@@ -23,6 +23,10 @@ from .trainer import SVFTrainer
 
 RESULTS_FILE = "results.json"
 EXPERT_DIR = "expert"
+# Below the sampling default of 1.0: at 1.0 the 135M model's sampled math answers were right far less often
+# than its greedy ones, and a run whose first batches had no right answer drifted to cap-length answers and
+# never recovered (math seed 1: 5% against the base's 19%). At 0.7 the same seed learned (docs/trainer.md).
+ROLLOUT_TEMPERATURE = 0.7
 
 
 def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
@@ -49,6 +53,7 @@ def train_expert(
     batch: int = 16,
     lr: float = 1e-2,
     kl_coef: float = 0.0,
+    temperature: float = ROLLOUT_TEMPERATURE,
     max_new_tokens: int | None = None,
     eval_steps: int = 10,
     valid_n: int = 50,
@@ -83,6 +88,7 @@ def train_expert(
             learning_rate=lr,
             max_steps=steps,
             kl_coef=kl_coef,
+            temperature=temperature,
             max_completion_length=max_new_tokens,
             eval_strategy="steps",
             eval_steps=eval_steps,
@@ -99,7 +105,7 @@ def train_expert(
         processing_class=tokenizer,
         peft_config=adapter_config(adapter),
     )
-    settings = dict(adapter=adapter, steps=steps, batch=batch, lr=lr, kl_coef=kl_coef,
+    settings = dict(adapter=adapter, steps=steps, batch=batch, lr=lr, kl_coef=kl_coef, temperature=temperature,
                     max_new_tokens=max_new_tokens, eval_steps=eval_steps, valid_n=valid_n, seed=seed)  # fmt: skip
     results: dict[str, Any] = {"task": task.name, "domain": task.domain, "settings": settings}
     results["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

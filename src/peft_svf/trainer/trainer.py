@@ -275,7 +275,9 @@ class SVFTrainer(Trainer):
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         # As TRL does: the LM head runs only where a completion token is predicted, not over the prompt.
         keep = inputs["completion_ids"].size(1) + 1
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
+        ).logits
         logits = logits[:, -keep:-1, :].float() / self.args.temperature
         return torch.log_softmax(logits, dim=-1)
 
