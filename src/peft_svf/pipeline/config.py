@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..adaptive.classifier import CLASSIFIER_TEMPERATURE
 from ..trainer.recipe import ROLLOUT_TEMPERATURE
 
 # The offline suite: one training task per expert domain, and the unseen tasks Table 2 is measured on.
@@ -26,13 +27,14 @@ class PipelineConfig:
     expert_steps: int = 30
     expert_batch: int = 16
     expert_lr: float = 1e-2
-    rollout_temperature: float = ROLLOUT_TEMPERATURE  # experts and z_c
+    expert_temperature: float = ROLLOUT_TEMPERATURE
     expert_eval_steps: int = 10
     expert_valid_n: int = 50
     expert_test_n: int = 100  # each expert on its own task's test split, base beside it (Table 1 layout)
     # classification expert (strategy B)
     classifier_steps: int = 20
     classifier_batch: int = 16
+    classifier_temperature: float = CLASSIFIER_TEMPERATURE
     classifier_eval_steps: int = 10
     classifier_valid_n: int = 30
     # unseen-task evaluation and few-shot CEM (strategy C)
@@ -45,12 +47,12 @@ class PipelineConfig:
     def expert_settings(self) -> dict[str, Any]:
         """The settings an expert was trained with; a stored expert is reused only when they match."""
         return dict(steps=self.expert_steps, batch=self.expert_batch, lr=self.expert_lr,
-                    temperature=self.rollout_temperature, eval_steps=self.expert_eval_steps, valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
+                    temperature=self.expert_temperature, eval_steps=self.expert_eval_steps,
+                    valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
 
     def classifier_settings(self) -> dict[str, Any]:
         return dict(steps=self.classifier_steps, batch=self.classifier_batch, seed=self.seed,
-                    temperature=self.rollout_temperature,
-                    eval_steps=self.classifier_eval_steps, valid_n=self.classifier_valid_n,
+                    temperature=self.classifier_temperature, eval_steps=self.classifier_eval_steps, valid_n=self.classifier_valid_n,
                     experts=sorted(self.expert_tasks.items()))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
