@@ -156,8 +156,8 @@ def test_train_on_a_task_writes_adapter_results_and_card(toy_task, model_dir, tm
     output = tmp_path / "run"
     code, out, _ = run(
         ["train", "--task", toy_task, "--model", model_dir, "--steps", 2, "--batch", 8, "--lr", 0.3,
-         "--eval-steps", 2, "--valid-n", 8, "--test-n", 8, "--temperature", 0.5, "--output-dir", output, "--quiet"],
-        capsys,
+         "--eval-steps", 2, "--valid-n", 8, "--test-n", 8, "--temperature", 0.5, "--output-dir", output,
+         "--quiet"], capsys,
     )  # fmt: skip
     assert code == 0
     results = json.loads((output / "results.json").read_text())

@@ -64,8 +64,7 @@ def train_classification_expert(
     results = train_expert(
         model, tokenizer, task, output_dir, train_dataset=train, valid_dataset=valid, steps=steps, batch=batch,
         lr=lr, kl_coef=kl_coef, temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
-        valid_n=valid_n,
-        test_n=0, seed=seed, evaluate_base=False, progress=progress,
+        valid_n=valid_n, test_n=0, seed=seed, evaluate_base=False, progress=progress,
     )  # fmt: skip
     results.update(
         tasks=dict(tasks), train_rows=len(train), valid_rows=len(valid), path=str(output_dir / EXPERT_DIR)

@@ -52,7 +52,8 @@ class PipelineConfig:
 
     def classifier_settings(self) -> dict[str, Any]:
         return dict(steps=self.classifier_steps, batch=self.classifier_batch, seed=self.seed,
-                    temperature=self.classifier_temperature, eval_steps=self.classifier_eval_steps, valid_n=self.classifier_valid_n,
+                    temperature=self.classifier_temperature, eval_steps=self.classifier_eval_steps,
+                    valid_n=self.classifier_valid_n,
                     experts=sorted(self.expert_tasks.items()))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:

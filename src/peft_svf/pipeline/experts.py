@@ -49,8 +49,8 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
             results = train_expert(
                 model, tokenizer, get_task(task_name), folder, steps=config.expert_steps,
                 batch=config.expert_batch, lr=config.expert_lr, temperature=config.expert_temperature,
-                eval_steps=config.expert_eval_steps,
-                valid_n=config.expert_valid_n, test_n=config.expert_test_n, seed=config.seed,
+                eval_steps=config.expert_eval_steps, valid_n=config.expert_valid_n,
+                test_n=config.expert_test_n, seed=config.seed,
             )  # fmt: skip
             results = _remember(folder, results, settings)
         else:
@@ -72,9 +72,8 @@ def classification_expert(config: PipelineConfig, load_model: ModelLoader) -> di
         model, tokenizer = load_model()
         results = train_classification_expert(
             model, tokenizer, tasks=config.expert_tasks, output_dir=folder, steps=config.classifier_steps,
-            temperature=config.classifier_temperature,
-            batch=config.classifier_batch, eval_steps=config.classifier_eval_steps,
-            valid_n=config.classifier_valid_n, seed=config.seed,
+            batch=config.classifier_batch, temperature=config.classifier_temperature,
+            eval_steps=config.classifier_eval_steps, valid_n=config.classifier_valid_n, seed=config.seed,
         )  # fmt: skip
         results = _remember(folder, results, settings)
     results["path"] = str(folder / EXPERT_DIR)

@@ -105,8 +105,9 @@ def train_expert(
         processing_class=tokenizer,
         peft_config=adapter_config(adapter),
     )
-    settings = dict(adapter=adapter, steps=steps, batch=batch, lr=lr, kl_coef=kl_coef, temperature=temperature,
-                    max_new_tokens=max_new_tokens, eval_steps=eval_steps, valid_n=valid_n, seed=seed)  # fmt: skip
+    settings = dict(adapter=adapter, steps=steps, batch=batch, lr=lr, kl_coef=kl_coef,
+                    temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
+                    valid_n=valid_n, seed=seed)  # fmt: skip
     results: dict[str, Any] = {"task": task.name, "domain": task.domain, "settings": settings}
     results["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
 
