@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
 import sys
+import textwrap
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +96,68 @@ def test_each_command_help_is_complete(command, capsys):
     for flag in COMMANDS[command]:
         assert flag in out, f"{command} --help does not mention {flag}"
     assert "examples:" in out
+
+
+TRAINER_STACK = ("torch", "transformers", "peft", "trl", "datasets")
+
+
+def python(code: str, cache: Path) -> str:
+    """stdout of ``code`` in a fresh interpreter (fresh ``sys.modules``, SVD cache in ``cache``); fails on
+    a non-zero exit."""
+    command = [sys.executable, "-c", textwrap.dedent(code)]
+    env = {**os.environ, "PEFT_SVF_CACHE": str(cache)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([command, "--help"] for command in COMMANDS)])
+def test_help_does_not_import_the_trainer_stack(argv, tmp_path):
+    """``peft-svf [cmd] --help`` imports the console script's module only: no torch, transformers, peft..."""
+    out = python(f"""
+        import sys
+        from peft_svf.cli import main  # what the peft-svf console script imports
+        try:
+            main({argv!r})
+        except SystemExit as exc:
+            assert exc.code == 0, exc.code
+        print([name for name in {TRAINER_STACK!r} if name in sys.modules])
+    """, tmp_path)
+    assert "usage: peft-svf" in out
+    assert out.strip().splitlines()[-1] == "[]", out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("peft_first", [False, True])
+def test_import_peft_svf_still_registers_svf_with_peft(peft_first, tmp_path):
+    """The package's exports load lazily, yet ``import peft_svf`` alone (no name taken from it) lets PEFT
+    build, save and reload an SVF model, whether peft is imported after peft_svf or before it."""
+    first, then = ("import peft", "import peft_svf") if peft_first else ("import peft_svf", "import peft")
+    out = python(f"""
+        import sys
+        {first}
+        light = "torch" not in sys.modules
+        {then}
+        print(light, "peft_svf.svf" in sys.modules)
+        import torch
+        from peft import PeftModel, get_peft_model
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        def base():
+            torch.manual_seed(0)
+            return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
+
+        config = PEFT_TYPE_TO_CONFIG_MAPPING["SVF"](
+            target_modules=["0", "2"], init_noise_std=0.3
+        )
+        model = get_peft_model(base(), config)
+        model.save_pretrained({str(tmp_path / "adapter")!r})
+        loaded = PeftModel.from_pretrained(base(), {str(tmp_path / "adapter")!r})
+        x = torch.randn(3, 6)
+        moved = not torch.equal(model(x), base()(x))
+        same = torch.allclose(model(x), loaded(x), atol=1e-6)  # eval vs train forward path: ~6e-8 apart
+        print(type(model.base_model).__name__, same, moved)
+    """, tmp_path / "cache")
+    assert out.split() == [str(not peft_first), "True", "SVFModel", "True", "True"]
 
 
 def test_train_help_lists_the_built_in_rewards(capsys):

@@ -1,4 +1,8 @@
-"""What the ``peft-svf`` commands share: the parser, model loading, expert sets, data files and rewards."""
+"""What the ``peft-svf`` commands share: the parser, model loading, expert sets, data files and rewards.
+
+Nothing here imports torch, datasets or the tasks at module level: ``peft-svf --help`` and every
+``peft-svf <cmd> --help`` load only this package; each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +12,32 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from datasets import Dataset
+if TYPE_CHECKING:
+    from datasets import Dataset
 
-from ..tasks import RewardError, chat_prompt, completion_text
-from ..tasks.rewards import (
-    RewardFunc,
-    assert_tests_program,
-    check_function_program,
-    choice_reward,
-    code_reward,
-    math_reward,
-    numeric_reward,
-)
+    from ..tasks.rewards import RewardFunc
 
 # Mistakes a user can make (bad file, unknown task or reward, wrong columns, no network for a Hub id): one
-# line and exit status 2. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, KeyError, OSError, ImportError, RewardError)
+# line and exit status 2, as is a reward's RewardError (see user_errors). Anything else is a bug and keeps
+# its traceback.
+USER_ERRORS = (ValueError, KeyError, OSError, ImportError)
 # The Hub client and the HTTP stacks under it raise their own types for a missing connection or permission.
 NETWORK_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3")
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS plus RewardError, which can only have been raised if its module was imported (so that
+    reporting a bad file does not import the tasks, torch and datasets just to test an isinstance)."""
+    rewards = sys.modules.get("peft_svf.tasks.rewards")
+    return (*USER_ERRORS, rewards.RewardError) if rewards is not None else USER_ERRORS
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is the user's or the environment's problem (one line), not a bug (traceback)."""
-    return isinstance(exc, USER_ERRORS) or type(exc).__module__.startswith(NETWORK_MODULES)
+    return isinstance(exc, user_errors()) or type(exc).__module__.startswith(NETWORK_MODULES)
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,7 +53,7 @@ def one_line(exc: BaseException) -> str:
     whose messages rarely say what failed, are prefixed with their type."""
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     text = " ".join(str(text).split()) or type(exc).__name__
-    return text if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, user_errors()) else f"{type(exc).__name__}: {text}"
 
 
 def description(doc: str) -> str:
@@ -138,6 +143,8 @@ def self_adaptive_model(
 
 def as_prompt(text: str, tokenizer: Any, raw: bool = False) -> str | list[dict[str, str]]:
     """A user's text as the model should see it: a chat message when the tokenizer has a chat template."""
+    from ..tasks import chat_prompt
+
     return text if raw or getattr(tokenizer, "chat_template", None) is None else chat_prompt(text)
 
 
@@ -146,6 +153,8 @@ def read_table(path: str | Path, prompt_column: str = "prompt") -> Dataset:
 
     JSON lines keep their types (a prompt may be a list of chat messages); CSV cells stay strings.
     """
+    from datasets import Dataset
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
@@ -190,6 +199,7 @@ def chat_prompts(data: Dataset, tokenizer: Any, raw: bool = False) -> Dataset:
 
 def exact_reward(answer_column: str = "answer", name: str = "exact_reward") -> RewardFunc:
     """+1 when the stripped completion equals the stripped reference, for short free-form answers."""
+    from ..tasks import completion_text
 
     def reward(completions: list, **columns: Any) -> list[float]:
         return [
@@ -201,19 +211,28 @@ def exact_reward(answer_column: str = "answer", name: str = "exact_reward") -> R
     return reward
 
 
+def _rewards() -> ModuleType:
+    """``peft_svf.tasks.rewards``, imported when a reward is made rather than when --help lists them."""
+    from ..tasks import rewards
+
+    return rewards
+
+
 # name: (factory, dataset columns the reward reads, what it checks)
 REWARDS: dict[str, tuple[Callable[[], RewardFunc], tuple[str, ...], str]] = {
-    "numeric": (numeric_reward, ("answer",), "the final number (#### n, \\boxed{n}, else the last number)"),
-    "numeric_first": (lambda: numeric_reward(position="first", name="numeric_first_reward"), ("answer",),
-                      "the first number stated (#### n or \\boxed{n} win)"),
-    "numeric_result": (lambda: numeric_reward(position="result", name="numeric_result_reward"), ("answer",),
-                       "the first result, reading a restated '3 + 5 = 8' as 8"),
-    "math": (math_reward, ("answer",), "the last \\boxed{} answer, MATH-normalised"),
-    "choice": (choice_reward, ("answer", "choice_labels"), "the option letter chosen"),
-    "code": (lambda: code_reward(assert_tests_program), ("test_list",),
-             "the code passes the row's assert statements (MBPP style), in the sandbox"),
-    "code_check": (lambda: code_reward(check_function_program), ("stub", "test", "entry_point"),
-                   "the completed function passes check(candidate) (HumanEval style), in the sandbox"),
+    "numeric": (lambda: _rewards().numeric_reward(), ("answer",),
+                "the final number (#### n, \\boxed{n}, else the last number)"),
+    "numeric_first": (lambda: _rewards().numeric_reward(position="first", name="numeric_first_reward"),
+                      ("answer",), "the first number stated (#### n or \\boxed{n} win)"),
+    "numeric_result": (lambda: _rewards().numeric_reward(position="result", name="numeric_result_reward"),
+                       ("answer",), "the first result, reading a restated '3 + 5 = 8' as 8"),
+    "math": (lambda: _rewards().math_reward(), ("answer",), "the last \\boxed{} answer, MATH-normalised"),
+    "choice": (lambda: _rewards().choice_reward(), ("answer", "choice_labels"), "the option letter chosen"),
+    "code": (lambda: _rewards().code_reward(_rewards().assert_tests), ("test_list",),
+             "the code passes the row's assert statements (MBPP style), judged outside the sandbox"),
+    "code_check": (lambda: _rewards().code_reward(_rewards().check_function_tests),
+                   ("stub", "test", "entry_point"),
+                   "the completed function passes check(candidate) (HumanEval style), judged outside the sandbox"),
     "exact": (exact_reward, ("answer",), "the whole completion equals the answer"),
 }  # fmt: skip
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset
-
-from ..tasks import Task, get_task
-from ..tasks.rewards import RewardFunc
-from ..trainer.recipe import ROLLOUT_TEMPERATURE
+from ..defaults import ROLLOUT_TEMPERATURE
 from .common import (
     REWARDS,
     add_model_arguments,
@@ -23,6 +19,12 @@ from .common import (
     read_table,
     rewards_help,
 )
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from ..tasks import Task
+    from ..tasks.rewards import RewardFunc
 
 NAME = "train"
 EXAMPLES = """examples:
@@ -111,6 +113,8 @@ def _data_task(
     args: argparse.Namespace, tables: dict[str, Dataset], reward: RewardFunc, tokenizer: Any
 ) -> Task:
     """A ``Task`` over the user's files: its training pool is ``--data`` (split even/odd without ``--valid-data``)."""
+    from ..tasks import Task
+
     splits = {split: chat_prompts(data, tokenizer, args.raw_prompts) for split, data in tables.items()}
     return Task(
         name=args.data.stem, domain="custom", loader=lambda split: splits[split],
@@ -121,6 +125,7 @@ def _data_task(
 
 def main(args: argparse.Namespace) -> int:
     from ..hub import write_model_card
+    from ..tasks import get_task
     from ..trainer.recipe import EXPERT_DIR, RESULTS_FILE, train_expert
 
     # Everything a user can get wrong is checked before the model loads.

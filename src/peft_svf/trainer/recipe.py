@@ -16,6 +16,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig
 
+from ..defaults import ROLLOUT_TEMPERATURE  # the rollout temperature, shared with the CLI
 from ..svf import SVFConfig
 from ..tasks import Task, evaluate, train_valid_split
 from .config import SVFTrainingConfig
@@ -23,10 +24,6 @@ from .trainer import SVFTrainer
 
 RESULTS_FILE = "results.json"
 EXPERT_DIR = "expert"
-# Below the sampling default of 1.0: at 1.0 the 135M model's sampled math answers were right far less often
-# than its greedy ones, and a run whose first batches had no right answer drifted to cap-length answers and
-# never recovered (math seed 1: 5% against the base's 19%). At 0.7 the same seed learned (docs/trainer.md).
-ROLLOUT_TEMPERATURE = 0.7
 
 
 def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
