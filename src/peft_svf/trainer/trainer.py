@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,10 +24,20 @@ from transformers import (
     TrainerCallback,
     set_seed,
 )
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 from trl.trainer.utils import identity
 
 from ..tasks.rewards import RewardFunc, checked_reward_call, reward_name
+from .checkpoints import (
+    checkpoint_problems,
+    numbered_checkpoints,
+    publish_checkpoint,
+    remove_temp_checkpoints,
+    temp_checkpoint_dir,
+)
 from .config import SVFTrainingConfig
 from .objective import aggregate_per_sequence, completion_mask, compute_advantages, token_kl
 from .sampling import sample_key, seeded_sampling_processors
@@ -375,6 +387,113 @@ class SVFTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> Any:
+        """Trainer's ``train``, resuming only from a complete checkpoint.
+
+        ``resume_from_checkpoint=True`` takes the newest *complete* ``checkpoint-N`` (warning about any
+        newer incomplete one); an explicit checkpoint that is incomplete (for example without
+        ``optimizer.pt`` or ``scheduler.pt``) is refused rather than resumed with a fresh optimizer.
+        """
+        if self.args.should_save:
+            for leftover in remove_temp_checkpoints(self.args.output_dir):
+                warnings.warn(f"Removed {leftover}, the unfinished save of a killed run.", stacklevel=2)
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = self._newest_complete_checkpoint()
+        elif isinstance(resume_from_checkpoint, str):
+            problems = self._checkpoint_problems(resume_from_checkpoint)
+            if problems:
+                raise ValueError(
+                    f"Cannot resume from {resume_from_checkpoint}: {'; '.join(problems)}. Resuming without these "
+                    "files would not continue the run (a missing optimizer.pt or scheduler.pt would restart "
+                    "AdamW's moments or the learning-rate schedule); pick a complete checkpoint, or pass "
+                    "resume_from_checkpoint=True to take the newest complete one."
+                )
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+        )
+
+    def _checkpoint_problems(self, checkpoint: str) -> list[str]:
+        return checkpoint_problems(checkpoint, self.args.process_index, self.args.world_size)
+
+    def _newest_complete_checkpoint(self) -> str:
+        """The newest ``checkpoint-N`` of ``output_dir`` that passes ``checkpoint_problems``."""
+        candidates = numbered_checkpoints(self.args.output_dir)
+        if not candidates:
+            raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        skipped = []
+        for checkpoint in candidates:
+            problems = self._checkpoint_problems(checkpoint)
+            if not problems:
+                if skipped:
+                    warnings.warn(
+                        f"Resuming from {checkpoint}, the newest complete checkpoint; skipped incomplete "
+                        + "; ".join(skipped),
+                        stacklevel=3,
+                    )
+                return checkpoint
+            skipped.append(f"{os.path.basename(checkpoint)} ({', '.join(problems)})")
+        raise ValueError(
+            f"No complete checkpoint in {self.args.output_dir} to resume from: " + "; ".join(skipped)
+        )
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """Trainer's checkpoint, written into ``tmp-checkpoint-N`` and renamed to ``checkpoint-N`` when complete.
+
+        The same files and steps as ``Trainer._save_checkpoint`` (transformers 5.24), with the rename (after
+        an fsync of every file) between writing the trainer state and rotating old checkpoints, so
+        ``save_total_limit`` only ever deletes older checkpoints once the new one is complete.
+        """
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        run_dir = self._get_output_dir(trial=trial)
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        temp = temp_checkpoint_dir(final)
+        self.save_model(temp, _internal_call=True)
+
+        strategies = (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
+        if self.args.save_strategy in strategies and self.state.best_global_step:
+            self.accelerator.wait_for_everyone()  # process 0 has published the checkpoints so far
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if best == final or os.path.exists(best):
+                self.state.best_model_checkpoint = best
+
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(temp)
+            self._save_scaler(temp)
+            self._save_rng_state(temp)
+        if self.args.should_save:
+            for callback in [*self.callback_handler.callbacks, self.control]:
+                if isinstance(callback, ExportableState):
+                    name, state = callback.__class__.__name__, callback.state()
+                    if isinstance(self.state.stateful_callbacks[name], list):
+                        self.state.stateful_callbacks[name].append(state)
+                    else:
+                        self.state.stateful_callbacks[name] = state
+            self.state.save_to_json(os.path.join(temp, TRAINER_STATE_NAME))
+
+        self.accelerator.wait_for_everyone()  # every process has written its files (its RNG state) into temp
+        if self.args.should_save:
+            publish_checkpoint(temp, final)
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final)
+        if self.args.should_save:
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
     # ---------------------------------------------------------------------------------------------- Hub
 
