@@ -27,11 +27,15 @@ _SUPPORTED = "torch.nn.Linear, transformers' Conv1D and bitsandbytes Linear4bit 
 
 
 def initial_vector(config: SVFConfig, rank: int) -> torch.Tensor:
-    """Starting vector: the identity of the chosen parameterisation plus optional noise (float32)."""
+    """Starting vector: the identity of the chosen parameterisation plus optional noise (float32).
+
+    ``init_weights=False`` adds standard normal noise instead, so the adapter is not the identity.
+    """
     start = config.init_value if config.parameterization == "official" else 1.0
     vector = torch.full((rank,), float(start), dtype=torch.float32)
-    if config.init_noise_std > 0:
-        vector += config.init_noise_std * torch.randn(rank)
+    noise_std = config.init_noise_std if config.init_weights else 1.0
+    if noise_std > 0:
+        vector += noise_std * torch.randn(rank)
     return vector
 
 
@@ -117,18 +121,25 @@ class SVFLayer(BaseTunerLayer):
     def update_layer(self, adapter_name: str, config: SVFConfig, **kwargs: Any) -> None:
         if not hasattr(self, "svf_S"):
             self._decompose(config)
-        self.svf_vector[adapter_name] = nn.Parameter(initial_vector(config, self.rank).to(self.svf_S.device))
+        if config.parameterization == "official" and self.rank == 1:
+            warnings.warn(
+                f"SVF adapter {adapter_name!r} on a rank-1 weight ({self.out_features} x {self.in_features}): the "
+                "official mask keeps the singular-value mass, so it cannot change this layer; use 'scale'."
+            )
+        self.svf_vector[adapter_name] = nn.Parameter(initial_vector(config, self.rank))
         self.svf_parameterization[adapter_name] = config.parameterization
         self.svf_max_mult[adapter_name] = config.max_mult
+        # PEFT's convention: the base layer's device and float dtype; PeftModel then upcasts float16/bfloat16
+        # to float32 unless autocast_adapter_dtype=False. The gain is computed in float32 either way.
+        self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def _decompose(self, config: SVFConfig) -> None:
         """Decompose once per layer; later adapters reuse the factors (an expert adds only its vector)."""
         matrix = self.dense_weight().detach()
         factors = decompose(matrix, config.svd_dtype, config.svd_cache_dir, config.svd_cache)
-        factors_dtype = (
-            getattr(torch, config.factors_dtype) if config.factors_dtype else self._compute_dtype()
-        )
+        # config.factors_dtype is validated (a float dtype name); a quantised base's storage dtype is not one.
+        factors_dtype = getattr(torch, config.factors_dtype) if config.factors_dtype else self._compute_dtype()
         if not factors_dtype.is_floating_point:
             factors_dtype = torch.float32
         # Non-persistent: the factors are derived from the base weight, never saved with the adapter.
