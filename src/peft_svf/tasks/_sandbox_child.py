@@ -1,30 +1,50 @@
 """Entry point of a sandboxed run (executed as a script by :mod:`peft_svf.tasks.sandbox`, never imported).
 
-Order matters: resource limits first, then the network namespace, then the privilege drop, then
-the audit hook, and only then the untrusted program. Everything this script needs is imported
-before the untrusted code runs, because afterwards the interpreter may not be able to read its
-own standard library (when it lives in a directory that the unprivileged user cannot enter).
+Usage: ``python -I -S _sandbox_child.py CONFIG_JSON`` with the program's source on stdin.
 
-Usage: python -I -S _sandbox_child.py PROGRAM_FILE WORKDIR MEMORY_BYTES CPU_SECONDS FILE_BYTES
+Everything this script needs is imported first, while it can still read the standard library.
+Then, before a single line of the program runs, it stacks operating-system layers, each one
+skipped (and reported missing) where the kernel refuses it:
+
+1. namespaces: ``unshare`` of a user namespace (unless root), PID, network, mount, IPC and UTS
+   namespaces; with a PID namespace this process forks and stays outside as a supervisor that
+   relays the exit status, while the program becomes pid 1 of an otherwise empty namespace;
+2. mounts (mount namespace): ``/`` made private and read-only, tmpfs over ``/tmp``, ``/home``,
+   ``/root``, ``/run``, ... with only the work directory (read-write) and the standard library
+   (read-only) bound back, and a fresh ``/proc`` showing only the program;
+3. resource limits, no_new_privs, Landlock (read-write only in the work directory, read-only in
+   the standard library minus site-packages; no TCP; no signals or abstract sockets outside);
+4. the privilege drop: as root to the per-program uid chosen by the parent; in a user namespace
+   every capability is dropped;
+5. a seccomp filter refusing sockets, process creation, exec, signals to other processes,
+   ptrace, namespace and mount calls, keyrings, bpf, io_uring and more;
+6. the old Python audit hook, as one more (weak) layer.
+
+The layers that held are reported to the parent on a pipe that is closed before the program
+runs (so the program cannot forge the report); if a layer the parent requires is missing the
+program is not run at all (exit status 97).
 """
 
 import builtins
-import ctypes
-import ctypes.util
+import importlib.util
+import json
 import os
 import posix
 import resource
+import signal
 import sys
 
 # Modules a test program commonly imports; imported now so that they stay usable after the drop.
-_PRELOAD = ["abc", "array", "bisect", "calendar", "cmath", "collections", "collections.abc", "copy", "dataclasses", "datetime", "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "io", "itertools", "json", "math", "numbers", "operator", "random", "re", "statistics", "string", "textwrap", "types", "typing", "unicodedata"]
+_PRELOAD = ["abc", "array", "bisect", "calendar", "cmath", "collections", "collections.abc", "copy", "dataclasses", "datetime", "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "io", "itertools", "json", "math", "numbers", "operator", "random", "re", "statistics", "string", "textwrap", "types", "typing", "unicodedata", "_strptime", "struct", "fnmatch", "pprint", "traceback", "contextlib", "warnings", "socket"]
 for _name in _PRELOAD:
     __import__(_name)
 
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWNET = 0x40000000
-_NOBODY = 65534
-_HEADER = "#peft-svf-sandbox network="
+_spec = importlib.util.spec_from_file_location("_peft_svf_sandbox_syscalls", os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_syscalls.py"))
+sc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sc)
+
+REFUSED_EXIT = 97  # a required layer is missing: the program was not run
+ERROR_EXIT = 98  # setting the sandbox up failed: the program was not run
 # Audit events that start processes, signal others, load native code or touch the network.
 _BLOCKED_PREFIXES = ("socket.", "subprocess.", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "ctypes.")
 _BLOCKED_EVENTS = {"os.system", "os.forkpty", "os.kill", "os.killpg", "pty.spawn", "os.startfile", "_posixsubprocess"}
@@ -33,24 +53,113 @@ _FS_EVENTS = {
     "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link", "os.symlink",
     "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile", "os.chflags",
 }  # fmt: skip
+_NAMESPACES = {"pidns": sc.CLONE_NEWPID, "netns": sc.CLONE_NEWNET, "mountns": sc.CLONE_NEWNS,
+               "ipcns": sc.CLONE_NEWIPC | sc.CLONE_NEWUTS}  # fmt: skip
+_DENIED = [
+    "socket", "socketpair", "connect", "accept", "accept4", "bind", "listen", "sendto", "sendmsg", "sendmmsg",
+    "recvmmsg", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open", "pidfd_send_signal",
+    "pidfd_getfd", "kcmp", "process_madvise", "process_mrelease", "migrate_pages", "move_pages", "unshare",
+    "setns", "mount", "umount2", "pivot_root", "chroot", "mount_setattr", "open_tree", "move_mount", "fsopen",
+    "fsconfig", "fsmount", "fspick", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "clone", "clone3", "fork", "vfork", "execve",
+    "execveat", "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
+    "swapon", "swapoff", "open_by_handle_at", "name_to_handle_at", "userfaultfd", "setsid", "setpgid",
+    "syslog", "acct", "quotactl", "mknod", "mknodat", "uselib", "vhangup", "iopl", "ioperm",
+    # metadata changes, which Landlock does not cover: no chmod/chown/utime/xattr anywhere
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "utime", "utimes",
+    "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr", "setxattrat", "removexattr",
+    "lremovexattr", "fremovexattr", "removexattrat",
+]  # fmt: skip
+_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
 
 
 def _limit(kind: int, value: int) -> None:
     resource.setrlimit(kind, (value, value))
 
 
-def _isolate_network() -> str:
-    """Move into a fresh network namespace (no interfaces but a down loopback); say whether it worked."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    flags = _CLONE_NEWNET if os.geteuid() == 0 else _CLONE_NEWUSER | _CLONE_NEWNET
-    return "netns" if libc.unshare(flags) == 0 else "audit-hook"
+def _unshare(skip: set[str], layers: list[str]) -> None:
+    """Enter fresh namespaces: all at once when the kernel allows it, else each one that it allows."""
+    wanted = {name: flag for name, flag in _NAMESPACES.items() if name not in skip}
+    user = 0 if os.geteuid() == 0 or "userns" in skip else sc.CLONE_NEWUSER
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        sc.unshare(user | sum(wanted.values()))
+        got = list(wanted)
+    except OSError:
+        got = []
+        if user:
+            try:
+                sc.unshare(user)
+            except OSError:
+                return  # unprivileged and no user namespace: no namespace at all
+        for name, flag in wanted.items():
+            try:
+                sc.unshare(flag)
+                got.append(name)
+            except OSError:
+                pass
+    if user:
+        layers.append("userns")
+        # map this user to itself (files it creates keep their owner); no setgroups, as the kernel asks
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    layers.extend(got)
 
 
-def _drop_privileges() -> None:
-    if os.geteuid() == 0:
-        os.setgroups([])
-        os.setgid(_NOBODY)
-        os.setuid(_NOBODY)
+def _supervise(status_fd: int) -> None:
+    """Fork; the child (pid 1 of the new PID namespace) returns, this process relays its exit status."""
+    pid = os.fork()
+    if pid == 0:
+        return
+    os.close(status_fd)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # killed by a signal: die of the same one, so the parent sees the same status
+        _limit(resource.RLIMIT_CORE, 0)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code & 0xFF)
+
+
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _mount_layer(workdir: str, hide: list[str], stdlib: str, new_proc: bool) -> None:
+    """Read-only root, tmpfs over the places secrets live, the work directory bound back read-write."""
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    keep = {workdir: os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
+            stdlib: os.open(stdlib, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)}  # fmt: skip
+    hidden: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in hide}):
+        if path != "/" and os.path.isdir(path) and not any(_under(path, h) for h in hidden):
+            sc.mount("tmpfs", path, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "size=64k,mode=755")
+            hidden.append(path)
+    for path, fd in keep.items():
+        if any(_under(path, h) for h in hidden):
+            os.makedirs(path, exist_ok=True)
+        sc.mount(f"/proc/self/fd/{fd}", path, None, sc.MS_BIND | sc.MS_REC)
+        os.close(fd)
+    if new_proc:
+        sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    sc.mount_setattr("/", sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV, 0, recursive=True)
+    sc.mount_setattr(workdir, 0, sc.MOUNT_ATTR_RDONLY, recursive=False)
+
+
+def _stdlib_entries(stdlib: str) -> list[str]:
+    """The standard library's files and packages, without the third-party packages that may live in it."""
+    return [e.path for e in os.scandir(stdlib) if e.name not in ("site-packages", "dist-packages")]
+
+
+def _seccomp_rules(pid: int) -> dict:
+    rules: dict = dict.fromkeys(_DENIED)
+    for name in ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        rules[name] = ("allow_if", 0, [pid])  # signals only to itself
+    rules["prlimit64"] = ("allow_if", 0, [0, pid])
+    rules["ioctl"] = ("deny_if", 1, [_TIOCSTI, _TIOCLINUX])
+    return rules
 
 
 def _install_guard(workdir: str) -> None:
@@ -92,27 +201,71 @@ def _refuse_exit(*_: object) -> None:
     raise PermissionError("sandbox: os._exit/os.abort are not allowed (a program must not skip its tests)")
 
 
-def main() -> None:
-    program_file, workdir, memory, cpu, fsize = sys.argv[1:6]
-    with open(program_file, encoding="utf-8") as f:
-        source = f.read()
-    _limit(resource.RLIMIT_CPU, int(cpu))
-    _limit(resource.RLIMIT_FSIZE, int(fsize))
+def _isolate(config: dict, layers: list[str]) -> None:
+    """Stack every layer not in ``config["skip"]``; append the name of each one that held to ``layers``."""
+    skip, workdir = set(config["skip"]), config["workdir"]
+    stdlib = os.path.dirname(os.__file__)
+    _unshare(skip, layers)
+    if "pidns" in layers:
+        _supervise(config["status_fd"])
+    if "mountns" in layers:
+        try:
+            _mount_layer(workdir, config["hide"], stdlib, new_proc="pidns" in layers)
+        except OSError:
+            layers.remove("mountns")
+    _limit(resource.RLIMIT_CPU, config["cpu_s"])
+    _limit(resource.RLIMIT_FSIZE, config["file_bytes"])
     _limit(resource.RLIMIT_CORE, 0)
-    network = _isolate_network()
-    _drop_privileges()
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    abi = 0 if "landlock" in skip else sc.landlock_abi()
+    if abi:
+        layers.extend(sc.landlock_restrict(read_write=[workdir], read_only=_stdlib_entries(stdlib), list_only=[stdlib], abi=abi))
+    if config["uid"] >= 0:
+        os.setgroups([])
+        os.setresgid(config["uid"], config["uid"], config["uid"])
+        os.setresuid(config["uid"], config["uid"], config["uid"])
+        layers.append("uid")
+    elif "userns" in layers:
+        sc.drop_capabilities()
+    if "pidns" in layers:
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
     _limit(resource.RLIMIT_NPROC, 0)  # no new processes or threads for this (now unprivileged) user
-    _limit(resource.RLIMIT_AS, int(memory))
+    layers.append("rlimits")
+    if "seccomp" not in skip and sc.SYSCALLS is not None:
+        sc.install_seccomp(sc.seccomp_filter(_seccomp_rules(os.getpid())))
+        layers.append("seccomp")
     os.chdir(workdir)
-    sys.stdout.write(f"{_HEADER}{network}\n")  # read (and removed) by the parent
-    sys.stdout.flush()
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    status_fd = config["status_fd"]
+    source = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    layers: list[str] = []
+    try:
+        _isolate(config, layers)
+    except Exception as error:  # reported to the parent, which raises: the program never runs
+        os.write(status_fd, json.dumps({"layers": layers, "error": f"{type(error).__name__}: {error}"}).encode())
+        os._exit(ERROR_EXIT)
+    if "audit-hook" not in config["skip"]:
+        _install_guard(config["workdir"])
+        layers.append("audit-hook")
+    # indices of the requirements (each a list of alternatives, each a list of layers) nothing met
+    missing = [i for i, group in enumerate(config["require"]) if not any(set(alt) <= set(layers) for alt in group)]
+    os.write(status_fd, json.dumps({"layers": layers, "missing": missing}).encode())
+    os.close(status_fd)
+    if missing:
+        os._exit(REFUSED_EXIT)
     real_exit = posix._exit
     for module in (os, posix):
         module._exit = _refuse_exit
         module.abort = _refuse_exit
-    code = compile(source, "program.py", "exec")
-    _install_guard(workdir)
+    _limit(resource.RLIMIT_AS, config["memory_bytes"])
     sys.argv = ["program.py"]
+    code = compile(source, "program.py", "exec")  # a SyntaxError fails the program like any other error
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     try:
         exec(code, namespace)
