@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
-from peft.utils.constants import INCLUDE_LINEAR_LAYERS_SHORTHAND
+from peft.utils.constants import INCLUDE_LINEAR_LAYERS_SHORTHAND, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from safetensors import SafetensorError
 from torch import nn
+from transformers import PretrainedConfig
 
 from .config import SVFConfig
 from .layer import SVFLayer, dispatch_default
@@ -56,6 +62,11 @@ class SVFModel(BaseTuner):
     prefix: str = "svf_"
     tuner_layer_cls = SVFLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_SVF_TARGET_MODULES_MAPPING
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        """PEFT's injection, undone if it fails part-way (e.g. one unsupported module among the targets)."""
+        with rolled_back_on_error(model):
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
 
     def _prepare_adapter_config(self, peft_config: SVFConfig, model_config: dict) -> SVFConfig:
         if peft_config.target_modules is None:
@@ -127,18 +138,36 @@ def _inject_adapter_names(module: nn.Module, args: tuple, kwargs: dict, adapter_
     return args, kwargs
 
 
+def _belongs_to_adapter(key: str, adapter_name: str) -> bool:
+    """Whether a model state-dict key names a tensor of this adapter (its vector, modules_to_save copy...)."""
+    return key.endswith(f".{adapter_name}") or f".{adapter_name}." in key
+
+
 def check_adapter_state_dict(
     model: nn.Module, adapter_name: str, state_dict: dict[str, torch.Tensor]
 ) -> None:
-    """Refuse vectors that cannot belong to this base, before anything is copied into the model."""
-    own = {
-        k: v for k, v in model.state_dict().items() if ".svf_vector." in k and k.endswith(f".{adapter_name}")
-    }
+    """Refuse tensors that cannot belong to this base or this adapter, before anything is copied in.
+
+    PEFT passes keys it cannot map through unchanged, and ``load_state_dict`` would then write them into the
+    base model's own weights: an SVF adapter file holds only its vectors and ``modules_to_save`` copies.
+    """
+    model_state = model.state_dict()
+    own = {k: v for k, v in model_state.items() if ".svf_vector." in k and k.endswith(f".{adapter_name}")}
     problems = []
     for key, value in state_dict.items():
-        if ".svf_vector." not in key:
+        # PEFT adds the adapter name to the keys it can map to this model and passes the others unchanged.
+        if ".svf_vector." not in key and not key.endswith(".svf_vector"):
+            expected = model_state.get(key)
+            if expected is None or not _belongs_to_adapter(key, adapter_name):
+                problems.append(f"the adapter file has {key!r}, which is not a tensor of an SVF adapter here")
+            elif value.shape != expected.shape:
+                problems.append(
+                    f"{key!r}: shape {tuple(value.shape)} in the adapter file, {tuple(expected.shape)} here"
+                )
+            elif value.is_floating_point() and not torch.isfinite(value).all():
+                problems.append(f"{key!r} holds NaN or infinite values (corrupted file?)")
             continue
-        module = key.rsplit(".svf_vector.", 1)[0].removeprefix("base_model.model.")
+        module = key.rsplit(".svf_vector", 1)[0].removeprefix("base_model.model.")
         if key not in own:
             problems.append(f"the adapter has a vector for {module!r}, which this base model does not adapt")
         elif value.shape != own[key].shape:
@@ -146,6 +175,8 @@ def check_adapter_state_dict(
                 f"{module!r}: the adapter's vector has shape {tuple(value.shape)} but this base model's "
                 f"weight needs {tuple(own[key].shape)}"
             )
+        elif not value.is_floating_point():
+            problems.append(f"{module!r}: the adapter's vector has dtype {value.dtype}, not a float dtype")
         elif not torch.isfinite(value).all():
             problems.append(
                 f"{module!r}: the adapter's vector holds NaN or infinite values (corrupted file?)"
@@ -162,3 +193,149 @@ def check_adapter_state_dict(
             f"SVF adapter {adapter_name!r} does not fit this base model (was it trained on another one?):\n"
             f"  - {shown}{more}"
         )
+
+
+# -- failed loads change nothing ---------------------------------------------------------------------------
+@dataclass
+class ModuleTreeSnapshot:
+    """What injecting or loading an adapter may change in a module tree, kept to put it back exactly.
+
+    For each module (and transformers config) the attributes and one level of container contents (child
+    modules, parameters, buffers, hooks, PEFT's per-adapter dicts); for each parameter its tensor (a
+    ``keep_base_weight=False`` adapter swaps the weight for an empty one) and ``requires_grad``.
+    """
+
+    attributes: list[tuple[object, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    parameters: list[tuple[nn.Parameter, torch.Tensor, bool]] = field(default_factory=list)
+
+
+def _contents(value: Any) -> Any:
+    """A plain copy of a container's items (restored into the original container), else None."""
+    for kind in (dict, list, set):
+        if isinstance(value, kind):
+            return kind(value)
+    return None
+
+
+def snapshot_module_tree(*roots: nn.Module) -> ModuleTreeSnapshot:
+    snapshot = ModuleTreeSnapshot()
+    seen: set[int] = set()
+    for root in roots:
+        for module in root.modules():
+            owners = [module]
+            config = module.__dict__.get("config")
+            if isinstance(config, PretrainedConfig):  # PeftModel sets pretraining_tp on it
+                owners.append(config)
+            for owner in owners:
+                if id(owner) in seen:
+                    continue
+                seen.add(id(owner))
+                attributes = dict(owner.__dict__)
+                contents = {k: _contents(v) for k, v in attributes.items() if _contents(v) is not None}
+                snapshot.attributes.append((owner, attributes, contents))
+            for param in module._parameters.values():
+                if param is not None and id(param) not in seen:
+                    seen.add(id(param))
+                    snapshot.parameters.append((param, param.data, param.requires_grad))
+    return snapshot
+
+
+def restore_module_tree(snapshot: ModuleTreeSnapshot) -> None:
+    """Put back every attribute, container content and parameter tensor recorded in ``snapshot``."""
+    for owner, attributes, contents in snapshot.attributes:
+        for key in set(owner.__dict__) - set(attributes):
+            del owner.__dict__[key]
+        owner.__dict__.update(attributes)
+        for key, saved in contents.items():
+            container = attributes[key]
+            if isinstance(container, list):
+                container[:] = saved
+            else:  # dict or set, in place: other objects may share them (model.peft_config is PEFT's dict)
+                container.clear()
+                container.update(saved)
+    for param, data, requires_grad in snapshot.parameters:
+        current = param.data
+        if (current.data_ptr(), current.shape, current.dtype) != (data.data_ptr(), data.shape, data.dtype):
+            param.data = data
+        param.requires_grad_(requires_grad)
+
+
+@contextmanager
+def rolled_back_on_error(*roots: nn.Module) -> Iterator[None]:
+    """Run a block that changes ``roots``; if it raises, restore them as they were, then re-raise."""
+    snapshot = snapshot_module_tree(*roots)
+    try:
+        yield
+    except BaseException:
+        restore_module_tree(snapshot)
+        raise
+
+
+@contextmanager
+def _naming_unreadable_weights(model_id: Any, subfolder: str | None) -> Iterator[None]:
+    """Name the weights file when it is missing from a local folder or unreadable.
+
+    PEFT looks a local folder without weights up on the Hub ("Repo id must be in the form..."), and
+    safetensors' errors ("Error while deserializing header...") do not say which file they are about.
+    """
+    where = os.path.join(str(model_id), subfolder) if subfolder else str(model_id)
+    if os.path.isdir(where) and not any(
+        os.path.isfile(os.path.join(where, name)) for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)
+    ):
+        raise FileNotFoundError(f"The SVF adapter folder {where} has no {SAFETENSORS_WEIGHTS_NAME}.")
+    try:
+        yield
+    except SafetensorError as err:
+        raise ValueError(
+            f"Could not read the SVF adapter weights {SAFETENSORS_WEIGHTS_NAME} in {where} (truncated or "
+            f"corrupted file?): {err}"
+        ) from err
+
+
+def _names_svf(model_id: Any, config: Any, hub_kwargs: dict[str, Any]) -> bool:
+    """Whether this load is of an SVF adapter (only those get the rollback; other methods keep PEFT's ways)."""
+    from peft import PeftConfig
+
+    from .registration import SVF_PEFT_TYPE
+
+    if config is not None:
+        return isinstance(config, SVFConfig)
+    try:
+        return PeftConfig._get_peft_type(str(model_id), **hub_kwargs) == SVF_PEFT_TYPE
+    except Exception:  # no readable config: PEFT raises its own error before touching the model
+        return False
+
+
+def make_loads_transactional(peft_model_cls: type) -> None:
+    """Wrap ``PeftModel.from_pretrained`` and ``load_adapter`` so that a failed SVF load changes nothing.
+
+    ``from_pretrained`` injects layers into the user's model before ``load_adapter`` reads the weights, so a
+    weights file for another base, truncated or holding NaNs used to leave SVF layers behind. Idempotent.
+    """
+    if getattr(peft_model_cls.load_adapter, "_svf_transactional", False):
+        return
+    from_pretrained = peft_model_cls.from_pretrained.__func__
+    load_adapter = peft_model_cls.load_adapter
+    signature = inspect.signature(from_pretrained)
+
+    @functools.wraps(from_pretrained)
+    def transactional_from_pretrained(cls: type, model: nn.Module, model_id: Any, *args: Any, **kwargs: Any):
+        bound = signature.bind_partial(cls, model, model_id, *args, **kwargs).arguments
+        hub_kwargs = {k: kwargs[k] for k in ("subfolder", "revision", "cache_dir", "token") if k in kwargs}
+        if not _names_svf(model_id, bound.get("config"), hub_kwargs):
+            return from_pretrained(cls, model, model_id, *args, **kwargs)
+        with _naming_unreadable_weights(model_id, kwargs.get("subfolder")), rolled_back_on_error(model):
+            return from_pretrained(cls, model, model_id, *args, **kwargs)
+
+    @functools.wraps(load_adapter)
+    def transactional_load_adapter(self: nn.Module, model_id: Any, adapter_name: str, *args: Any, **kwargs: Any):
+        from .registration import SVF_PEFT_TYPE
+
+        if adapter_name in self.peft_config or self.peft_type != SVF_PEFT_TYPE:
+            return load_adapter(self, model_id, adapter_name, *args, **kwargs)
+        with _naming_unreadable_weights(model_id, kwargs.get("subfolder")), rolled_back_on_error(self):
+            return load_adapter(self, model_id, adapter_name, *args, **kwargs)
+
+    transactional_load_adapter._svf_transactional = True
+    peft_model_cls.from_pretrained = classmethod(transactional_from_pretrained)
+    peft_model_cls.load_adapter = transactional_load_adapter

@@ -28,13 +28,15 @@ SVF_PEFT_TYPE = _add_peft_type_member(SVF_NAME)
 
 
 def register_svf() -> None:
-    """Register SVFConfig/SVFModel with PEFT (idempotent)."""
+    """Register SVFConfig/SVFModel with PEFT, and make failed SVF loads leave the model as it was (idempotent)."""
+    from peft import PeftModel
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils import register_peft_method
 
     from .config import SVFConfig
-    from .model import SVFModel
+    from .model import SVFModel, make_loads_transactional
 
+    make_loads_transactional(PeftModel)
     if PEFT_TYPE_TO_TUNER_MAPPING.get(SVF_PEFT_TYPE) is SVFModel:
         return
     register_peft_method(
