@@ -181,3 +181,23 @@ def test_trl_vllm_weight_sync_pushes_the_merged_model(monkeypatch, config):
     # The sync unmerges afterwards: the model trains on from where it was.
     assert not any(getattr(m, "merged", False) for m in model.modules())
     assert all(torch.equal(p, vectors[n]) for n, p in adapter_state(model).items())
+
+
+def test_trl_vllm_weight_sync_with_freed_base_weights_pushes_no_empty_weight(monkeypatch):
+    # keep_base_weight=False frees W; the active adapter adapts q_proj only, so v_proj and down_proj have nothing
+    # to merge. Before merge() rebuilt their W from its factors, TRL pushed them as empty (0,) tensors.
+    model = _svf_model(keep_base_weight=False)
+    only_q = SVFConfig(target_modules=["q_proj"], svd_cache=False, init_noise_std=0.5, keep_base_weight=False)
+    model.add_adapter("q_only", only_q)
+    model.set_adapter("q_only")
+    expected = copy.deepcopy(model).merge_and_unload().state_dict()
+
+    with pytest.warns(UserWarning, match="Already unmerged"):  # PEFT unmerges every layer, merged or not
+        pushed = _sync_through_trl(model, monkeypatch)
+
+    assert pushed.keys() == expected.keys()
+    assert all(value.numel() > 0 for value in pushed.values())
+    assert all(torch.equal(pushed[name], value) for name, value in expected.items())
+    # After the sync every freed weight is freed again: keep_base_weight=False still saves the memory.
+    freed = [m.get_base_layer().weight for m in model.modules() if getattr(m, "frees_base_weight", False)]
+    assert len(freed) == 6 and all(weight.numel() == 0 for weight in freed)

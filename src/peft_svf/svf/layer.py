@@ -189,6 +189,10 @@ class SVFLayer(BaseTunerLayer):
     # -- merging ----------------------------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.svf_vector]
+        if self.frees_base_weight and not adapter_names and not self.merged:
+            # keep_base_weight=False and no adapter to merge here: a merged model's weights are read as the
+            # model's (TRL's vLLM sync pushes them), so rebuild W from its factors; unmerge() frees it again.
+            self.write_dense_weight(self._compose(self.svf_S))
         for name in adapter_names:
             if self.frees_base_weight:  # no W to add to: compose the merged weight from the factors
                 merged = self._compose(self.adapted_singular_values([*self.merged_adapters, name]))
@@ -204,6 +208,8 @@ class SVFLayer(BaseTunerLayer):
 
     def unmerge(self) -> None:
         if not self.merged:
+            if self.frees_base_weight:  # a W that merge() rebuilt with nothing to merge into it
+                self._free_base_weight()
             warnings.warn("Already unmerged. Nothing to do.")
             return
         while self.merged_adapters:
