@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
+import huggingface_hub
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from peft_svf import SVFConfig
+from peft_svf.hub import push_expert_to_hub
 from peft_svf.svf import layer as layer_module
 from peft_svf.svf.config import LOCAL_FIELDS
 from tiny_models import make_tiny_llama
@@ -260,3 +263,27 @@ def test_loaded_config_ignores_svd_cache_false_and_a_users_config_keeps_its_sett
     assert loaded.svd_cache is True and loaded.svd_cache_dir is None
     mine = SVFConfig(svd_cache=False, svd_cache_dir=str(tmp_path / "mine"))
     assert (mine.svd_cache, mine.svd_cache_dir) == (False, str(tmp_path / "mine"))
+
+
+def test_pushed_adapter_config_has_no_local_cache_settings(tmp_path, monkeypatch):
+    """Both push paths: a folder whose config names a cache folder, and a PeftModel with one set."""
+    uploaded = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, folder_path, **kwargs):
+        uploaded.append(json.loads((Path(folder_path) / CONFIG).read_text()))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    folder = edit_config(save_adapter(tmp_path / "a"), svd_cache_dir="/home/me/private", svd_cache=False)
+    push_expert_to_hub(folder, "org/a")
+    config = SVFConfig(target_modules=TARGETS, svd_cache_dir=str(tmp_path / "mine"))
+    push_expert_to_hub(get_peft_model(make_tiny_llama(), config), "org/b")
+    assert len(uploaded) == 2
+    for saved in uploaded:
+        assert saved["peft_type"] == "SVF" and not set(LOCAL_FIELDS) & set(saved)
+    assert (
+        json.loads((folder / CONFIG).read_text())["svd_cache_dir"] == "/home/me/private"
+    )  # user's copy kept

@@ -20,6 +20,7 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
 from peft import PeftConfig, PeftModel
 
 from .embedded import EMBEDDED_MODEL_NAME
+from .svf.config import LOCAL_FIELDS
 from .trainer.recipe import RESULTS_FILE
 
 CARD_FILE = "README.md"
@@ -338,11 +339,15 @@ def push_expert_to_hub(
     with tempfile.TemporaryDirectory(prefix="peft-svf-push-") as tmp:
         folder, config = _stage(model_or_dir, Path(tmp))
         hub_base = base_model or hub_base_model(config.base_model_name_or_path)
+        config_path = folder / "adapter_config.json"
+        saved = json.loads(config_path.read_text())
+        # A folder's config may come from elsewhere (an older peft-svf, a hand edit): this machine's cache
+        # settings never leave it, as SVFConfig.to_dict already ensures for a PeftModel's own save.
+        public = {key: value for key, value in saved.items() if key not in LOCAL_FIELDS}
         if hub_base:
-            config_path = folder / "adapter_config.json"
-            saved = json.loads(config_path.read_text())
-            saved["base_model_name_or_path"] = hub_base
-            config_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
+            public["base_model_name_or_path"] = hub_base
+        if public != saved:
+            config_path.write_text(json.dumps(public, indent=2, sort_keys=True))
         card = folder / CARD_FILE
         if not (keep_card and card.exists()):
             expert_model_card(config, results, repo_id=repo_id, base_model=hub_base).save(card)
