@@ -6,8 +6,8 @@ import pytest
 
 from peft_svf.tasks.rewards import (
     RewardError,
-    assert_tests_program,
-    check_function_program,
+    assert_tests,
+    check_function_tests,
     checked_reward_call,
     choice_reward,
     code_reward,
@@ -53,17 +53,17 @@ def test_choice_reward():
     assert out == [1.0, -1.0, 1.0]
 
 
-def test_assert_tests_program_reward():
-    reward = code_reward(assert_tests_program)
+def test_assert_tests_reward():
+    reward = code_reward(assert_tests)
     rows = {"test_list": [["assert sq(3) == 9", "assert sq(-2) == 4"]] * 3, "test_setup_code": ["", "", ""]}
     completions = ["```python\ndef sq(x):\n    return x * x\n```", "def sq(x):\n    return 2 * x", "nothing useful"]
     assert reward(completions, **rows, **_trl_kwargs(3)) == [1.0, -1.0, -1.0]
 
 
-def test_check_function_program_accepts_full_function_or_body():
+def test_check_function_tests_accept_full_function_or_body():
     stub = 'def inc(x):\n    """Return x + 1."""\n'
     row = {"stub": stub, "entry_point": "inc", "test": "def check(candidate):\n    assert candidate(1) == 2\n"}
-    reward = code_reward(check_function_program)
+    reward = code_reward(check_function_tests)
     completions = ["```python\ndef inc(x):\n    return x + 1\n```", "    return x + 1\n", "    return x\n"]
     columns = {k: [v] * 3 for k, v in row.items()}
     assert reward(completions, **columns) == [1.0, 1.0, -1.0]

@@ -23,8 +23,8 @@ from datasets import Dataset, concatenate_datasets, load_dataset
 from .extract import extract_boxed
 from .registry import Task, chat_prompt, register_task, train_valid_split
 from .rewards import (
-    assert_tests_program,
-    check_function_program,
+    assert_tests,
+    check_function_tests,
     choice_reward,
     code_reward,
     math_reward,
@@ -170,9 +170,9 @@ register_task(Task("gsm8k", "math", load_gsm8k, numeric_reward(name="gsm8k_rewar
                    "GSM8K grade-school math; last number (or '#### n') vs the reference", **_EXEC))  # fmt: skip
 register_task(Task("math", "math", load_math, math_reward(name="math_reward"),
                    "MATH competition problems; last \\boxed{} vs the reference, normalised", **_EXEC))  # fmt: skip
-register_task(Task("mbpp", "code", load_mbpp, code_reward(assert_tests_program, name="mbpp_reward"),
+register_task(Task("mbpp", "code", load_mbpp, code_reward(assert_tests, name="mbpp_reward"),
                    "MBPP (MBPP-pro in the paper): code must pass the task's asserts in the sandbox", **_EXEC))  # fmt: skip
-register_task(Task("humaneval", "code", load_humaneval, code_reward(check_function_program, name="humaneval_reward"),
+register_task(Task("humaneval", "code", load_humaneval, code_reward(check_function_tests, name="humaneval_reward"),
                    "HumanEval: completed function must pass check(entry_point) in the sandbox",
                    splits=("test",), **_EXEC))  # fmt: skip
 register_task(Task("arc_easy", "reasoning", _arc_loader("ARC-Easy"), choice_reward(name="arc_easy_reward"),

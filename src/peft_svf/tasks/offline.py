@@ -39,8 +39,8 @@ from datasets import Dataset
 
 from .registry import Task, chat_prompt, register_task
 from .rewards import (
-    assert_tests_program,
-    check_function_program,
+    assert_tests,
+    check_function_tests,
     choice_reward,
     code_reward,
     numeric_reward,
@@ -224,7 +224,7 @@ OFFLINE_TASKS: dict[str, tuple[str, Generator, str, Any, int, str]] = {
     "offline_math": ("math", _math_word, "_math_word", numeric_reward(position="result", name="offline_math_reward"),
                      32, "one-step +/- word problems, 'answer with just the number' (GSM8K analogue)"),
     "offline_code": ("code", _code_write, "_code_write_two_step",
-                     code_reward(assert_tests_program, name="offline_code_reward"), 48,
+                     code_reward(assert_tests, name="offline_code_reward"), 48,
                      "two-step integer function from a description and a test, run in the sandbox (MBPP analogue)"),
     "offline_reasoning": ("reasoning", _reasoning_extreme, "_reasoning_extreme",
                           numeric_reward(position="first", name="offline_reasoning_reward"), 12,
@@ -236,7 +236,7 @@ OFFLINE_TASKS: dict[str, tuple[str, Generator, str, Any, int, str]] = {
                             numeric_reward(position="result", name="offline_math_unseen_reward"), 48,
                             "LaTeX multiplication/subtraction (often negative), asked for \\boxed{} (MATH analogue)"),
     "offline_code_unseen": ("code", _code_complete, "_code_complete",
-                            code_reward(check_function_program, name="offline_code_unseen_reward"), 48,
+                            code_reward(check_function_tests, name="offline_code_unseen_reward"), 48,
                             "complete a string/list function from its docstring (HumanEval analogue)"),
     "offline_reasoning_unseen": ("reasoning", _reasoning_category, "_reasoning_category",
                                  choice_reward(name="offline_reasoning_unseen_reward"), 32,

@@ -19,7 +19,13 @@ from .extract import (
     math_answers_equal,
     parse_number,
 )
-from .sandbox import SandboxLimits, run_programs
+from .grader import TestSuite, assert_tests, check_function_tests, grade
+from .sandbox import SandboxLimits
+
+__all__ = [
+    "CORRECT", "WRONG", "RewardError", "RewardFunc", "assert_tests", "check_function_tests", "checked_reward_call",
+    "choice_reward", "code_reward", "completion_text", "math_reward", "numeric_reward", "reward_name",
+]  # fmt: skip
 
 RewardFunc = Callable[..., list[float]]
 
@@ -88,21 +94,21 @@ def choice_reward(answer_column: str = "answer", labels_column: str = "choice_la
 
 
 def code_reward(
-    build_program: Callable[[str, dict[str, Any]], str],
+    tests: Callable[[dict[str, Any]], TestSuite],
     limits: SandboxLimits | None = None,
     name: str = "code_reward",
 ) -> RewardFunc:
-    """Reward for code: ``build_program(code, row)`` joins the model's code with the row's tests; it passes
-    when the program exits cleanly inside the sandbox (see :mod:`peft_svf.tasks.sandbox`)."""
+    """Reward for code: ``tests(row)`` (:func:`assert_tests` for MBPP-style rows, :func:`check_function_tests`
+    for HumanEval-style ones) turns the row's tests into a :class:`~peft_svf.tasks.grader.TestSuite`; the
+    model's code is run once in the sandbox on the tests' inputs and scores +1 only when every case passes,
+    judged in this process (see :mod:`peft_svf.tasks.grader`: the expected values never reach the program)."""
 
     def reward(completions: list, **columns: Any) -> list[float]:
         keys = [k for k, v in columns.items()
                 if not isinstance(v, (str, bytes, dict)) and hasattr(v, "__len__") and len(v) == len(completions)]  # fmt: skip
-        programs = [
-            build_program(extract_code(completion_text(c)), {k: columns[k][i] for k in keys})
-            for i, c in enumerate(completions)
-        ]
-        return [_score(result.passed) for result in run_programs(programs, limits)]
+        suites = [tests({k: columns[k][i] for k in keys}) for i in range(len(completions))]
+        codes = [extract_code(completion_text(c)) for c in completions]
+        return [_score(verdict.passed) for verdict in grade(codes, suites, limits)]
 
     return _named(name, reward)
 
@@ -163,23 +169,3 @@ def checked_reward_call(
             raise RewardError(f"reward function {name!r} returned {value!r} for {sample(i)}")
         out.append(number)
     return out
-
-
-def assert_tests_program(code: str, row: dict[str, Any]) -> str:
-    """MBPP-style program: setup imports, the model's code, then the row's ``test_list`` of asserts."""
-    setup = row.get("test_setup_code") or ""
-    imports = "\n".join(row.get("test_imports") or [])
-    return "\n".join(part for part in (imports, setup, code, *row["test_list"]) if part) + "\n"
-
-
-def check_function_program(code: str, row: dict[str, Any]) -> str:
-    """HumanEval-style program: the function (completed from the row's ``stub`` when the model wrote only
-    its body), the row's ``test`` defining ``check(candidate)``, then ``check(entry_point)``."""
-    entry = row["entry_point"]
-    stub = row["stub"]
-    if f"def {entry}" in code:
-        header = "\n".join(line for line in stub.splitlines() if line.startswith(("import ", "from ")))
-        program = f"{header}\n{code}"
-    else:
-        program = stub + code
-    return f"{program}\n\n{row['test']}\n\ncheck({entry})\n"
