@@ -94,7 +94,8 @@ def fetch_sdist(version: str, directory: Path) -> Path:
             raise SdistUnavailable(f"pip download of peft=={version} timed out") from err
         fetched = Path(download) / tarball.name
         if result.returncode != 0 or not fetched.exists():
-            raise SdistUnavailable(f"pip download of peft=={version} failed: {result.stderr.strip()[-500:]}")
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SdistUnavailable(f"pip download of peft=={version} failed: {last}")
         os.replace(fetched, tarball)  # a killed download never leaves a partial tarball under the final name
     return tarball
 
