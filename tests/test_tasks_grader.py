@@ -46,7 +46,7 @@ def _rewards(codes, row=SECRET_ROW, reward=MBPP_REWARD):
 # --- the value codec ---------------------------------------------------------------------------------
 
 def test_plain_values_round_trip_exactly():
-    values = [None, True, False, 0, -7, 2**200, 1.5, -0.0, float("inf"), "é\ud800x", 3 - 2j, [1, [2.5, "a"]],
+    values = [None, True, False, 0, -7, 2**200, 1.5, -0.0, float("inf"), "é\ud800x", 3 - 2j, b"\x00\xff", [1, [2.5, "a"]],
               (1, (2,), ()), {1: "a", (2, 3): [None]}, {1, "b", (2, 3)}, frozenset({1, frozenset({2})}), {}]
     for value in values:
         back = decode(json.loads(json.dumps(encode(value))))
@@ -56,6 +56,7 @@ def test_plain_values_round_trip_exactly():
     nan = decode(json.loads(json.dumps(encode(float("nan")))))
     assert math.isnan(nan)
     assert math.copysign(1, decode(encode(-0.0))) == -1
+    assert decode(encode(bytearray(b"ab"))) == b"ab"  # bytearray == bytes in the original asserts too
 
 
 def test_subclasses_cross_as_their_stored_value_and_other_objects_not_at_all():
@@ -74,7 +75,7 @@ def test_subclasses_cross_as_their_stored_value_and_other_objects_not_at_all():
 
     assert encode(Liar(5)) == 5 and type(encode(Liar(5))) is int
     assert encode(Text("real")) == "real" and type(encode(Text("real"))) is str
-    for bad in (object(), print, range(3), iter([1]), b"bytes", [object()], {"k": {1, 2, object()}}):
+    for bad in (object(), print, range(3), iter([1]), memoryview(b"x"), [object()], {"k": {1, 2, object()}}):
         with pytest.raises(TypeError):
             encode(bad)
     deep: list = []
@@ -85,7 +86,8 @@ def test_subclasses_cross_as_their_stored_value_and_other_objects_not_at_all():
 
 
 def test_decode_refuses_what_encode_never_writes():
-    for data in ([1, 2], {"L": [1], "T": [2]}, {"Q": [1]}, {"L": 3}, {"D": [[1]]}, {"C": ["1", 2]}, {"S": [{"L": []}]}):
+    for data in ([1, 2], {"L": [1], "T": [2]}, {"Q": [1]}, {"L": 3}, {"D": [[1]]}, {"C": ["1", 2]}, {"S": [{"L": []}]},
+                 {"B": [1]}, {"B": "\u0100"}):
         with pytest.raises((ValueError, TypeError)):
             decode(data)
 
@@ -97,7 +99,8 @@ def test_result_lines_need_the_marker_and_each_index_once():
     lines = f"noise\n{marker} 1 [\"v\", 2]\nfake 0 [\"v\", 1]\n{marker} 0 [\"e\", \"ValueError\"]\n"
     assert parse_outcomes(lines, marker, 3) == [Outcome("e", "ValueError"), Outcome("v", 2), None]
     for bad in (f"{marker} 0 [\"v\", 1]\n{marker} 0 [\"v\", 1]", f"{marker} 5 [\"v\", 1]", f"{marker} x [\"v\", 1]",
-                f"{marker} 0 [\"v\", {{\"L\": 1}}]", f"{marker} 0 [\"q\", 1]", f"{marker} 0 " + "[" * 100_000):
+                f"{marker} 0 [\"v\", {{\"L\": 1}}]", f"{marker} 0 [\"q\", 1]", f"{marker} 0 " + "[" * 100_000,
+                f"{marker} 0 [\"v\", {{\"C\": [{10**400}, 0]}}]", f"{marker} 0 [\"v\", {'9' * 5000}]"):
         assert parse_outcomes(bad + "\n", marker, 2) == [None, None], bad
 
 

@@ -18,8 +18,8 @@ _TAGS = {"L": list, "T": tuple, "S": set, "F": frozenset}
 
 
 def encode(value, depth=0):
-    """A JSON-able form of plain data (None, bool, int, float, complex, str, list, tuple, dict, set, frozenset,
-    subclasses read through their base type); anything else raises TypeError."""
+    """A JSON-able form of plain data (None, bool, int, float, complex, str, bytes, list, tuple, dict, set,
+    frozenset; subclasses read through their base type); anything else raises TypeError."""
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply")
     if value is None or value is True or value is False:
@@ -34,6 +34,8 @@ def encode(value, depth=0):
         return str.__str__(value)
     if issubclass(kind, complex):
         return {"C": list(complex.__getnewargs__(value))}
+    if issubclass(kind, bytes | bytearray):  # bytearray == bytes, as in the original asserts
+        return {"B": bytes(value).decode("latin-1")}
     if issubclass(kind, list):
         return {"L": [encode(item, depth) for item in list.__iter__(value)]}
     if issubclass(kind, tuple):
@@ -56,6 +58,8 @@ def decode(data, depth=0):
     if type(data) is not dict or len(data) != 1:
         raise ValueError("not an encoded value")
     ((tag, items),) = data.items()
+    if tag == "B" and type(items) is str:
+        return items.encode("latin-1")
     if type(items) is not list:
         raise ValueError("not an encoded value")
     depth += 1

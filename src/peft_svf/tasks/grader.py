@@ -452,7 +452,7 @@ def parse_outcomes(output: str, marker: str, count: int, raw: bool = False) -> l
                 outcomes[index] = Outcome(kind, value)
             else:
                 raise ValueError("bad result kind")
-        except (ValueError, TypeError, RecursionError, MemoryError):
+        except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
             return [None] * count
     return outcomes
 
