@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from peft_svf import SVFConfig
@@ -256,11 +256,27 @@ def test_a_downloaded_config_cannot_choose_where_the_svd_cache_is(planted, tmp_p
         assert torch.equal(model(input_ids).logits, reference(input_ids).logits)
 
 
-def test_loaded_config_ignores_svd_cache_false_and_a_users_config_keeps_its_settings(tmp_path):
-    adapter = edit_config(save_adapter(tmp_path / "a"), svd_cache=False)
+LOADERS = {
+    "SVFConfig.from_pretrained": lambda path: SVFConfig.from_pretrained(str(path)),
+    "PeftConfig.from_pretrained": lambda path: PeftConfig.from_pretrained(str(path)),
+    "SVFConfig.from_peft_type": lambda path: SVFConfig.from_peft_type(
+        **json.loads((path / CONFIG).read_text())
+    ),
+    "SVFConfig(**json)": lambda path: SVFConfig(**json.loads((path / CONFIG).read_text())),
+}
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_every_way_of_reading_a_saved_config_ignores_its_cache_settings(loader, tmp_path):
+    adapter = edit_config(save_adapter(tmp_path / "a"), svd_cache=False, svd_cache_dir="/etc")
     with pytest.warns(UserWarning, match="svd_cache"):
-        loaded = SVFConfig.from_pretrained(str(adapter))
+        loaded = LOADERS[loader](adapter)
+    assert isinstance(loaded, SVFConfig)
     assert loaded.svd_cache is True and loaded.svd_cache_dir is None
+    assert loaded.target_modules == set(TARGETS)  # the adapter's own settings are read as saved
+
+
+def test_a_users_own_config_keeps_its_cache_settings(tmp_path):
     mine = SVFConfig(svd_cache=False, svd_cache_dir=str(tmp_path / "mine"))
     assert (mine.svd_cache, mine.svd_cache_dir) == (False, str(tmp_path / "mine"))
 
