@@ -71,6 +71,18 @@ def garbage(path: Path) -> Path:
     return path
 
 
+def pickled_weights_only(path: Path) -> Path:
+    """The weights as ``adapter_model.bin`` (a pickle), as an old or hostile repo may ship them."""
+    torch.save(load_file(path / WEIGHTS), path / "adapter_model.bin")
+    (path / WEIGHTS).unlink()
+    return path
+
+
+def broken_config(path: Path) -> Path:
+    (path / CONFIG).write_text('{"peft_type": "SVF", ')
+    return path
+
+
 def empty_header(path: Path) -> Path:
     (path / WEIGHTS).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00" + b"{}      ")
     return path
@@ -98,6 +110,8 @@ BAD_ADAPTERS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "garbage weights": (lambda p: garbage(save_adapter(p)), WEIGHTS),
     "weights file without tensors": (lambda p: empty_header(save_adapter(p)), "no SVF vector"),
     "missing weights": (lambda p: (save_adapter(p) / WEIGHTS).unlink() or p, f"has no {WEIGHTS}"),
+    "pickled weights only": (lambda p: pickled_weights_only(save_adapter(p)), r"Refusing.*adapter_model\.bin"),
+    "config not valid JSON": (lambda p: broken_config(save_adapter(p)), f"{CONFIG} .*not valid JSON"),
     "NaN vector": (lambda p: edit_weights(save_adapter(p), first_vector_to_nan), "NaN"),
     "tensor for a base weight": (lambda p: edit_weights(save_adapter(p), add_base_weight), "lm_head.weight"),
     "keep_base_weight=False and another base": (
@@ -211,6 +225,21 @@ def test_a_good_load_after_the_rollback_still_matches_a_fresh_load(tmp_path, inp
     reference = PeftModel.from_pretrained(make_tiny_llama(), good)
     with torch.no_grad():
         assert torch.equal(loaded(input_ids).logits, reference(input_ids).logits)
+
+
+def test_pickled_weights_are_never_unpickled_even_from_the_hub(tmp_path, monkeypatch):
+    """Where PEFT would fall back to a Hub repo's ``adapter_model.bin``, an SVF load refuses before torch.load."""
+    from peft.utils import save_and_load
+
+    from peft_svf.svf.model import _refusing_pickled_weights
+
+    folder = pickled_weights_only(save_adapter(tmp_path / "repo"))
+    unpickled = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a))
+    with _refusing_pickled_weights("user/repo"), pytest.raises(ValueError, match="Refusing"):
+        save_and_load.load_peft_weights(str(folder), device="cpu")
+    assert unpickled == []
+    assert save_and_load.torch_load.__name__ == "torch_load"  # PEFT's own function is back afterwards
 
 
 # -- part 4: cache settings belong to this machine ------------------------------------------------------------

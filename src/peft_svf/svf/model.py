@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,12 @@ from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
-from peft.utils.constants import INCLUDE_LINEAR_LAYERS_SHORTHAND, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from peft.utils.constants import (
+    CONFIG_NAME,
+    INCLUDE_LINEAR_LAYERS_SHORTHAND,
+    SAFETENSORS_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+)
 from safetensors import SafetensorError
 from torch import nn
 from transformers import PretrainedConfig
@@ -271,20 +277,48 @@ def rolled_back_on_error(*roots: nn.Module) -> Iterator[None]:
         raise
 
 
+_PICKLE_REFUSED = (
+    "Refusing to load {file}: SVF adapter weights load from {safetensors} only, because unpickling a "
+    "downloaded file can run code. Convert it where it was made (save_pretrained writes safetensors)."
+).replace("{safetensors}", SAFETENSORS_WEIGHTS_NAME)
+
+
 @contextmanager
-def _naming_unreadable_weights(model_id: Any, subfolder: str | None) -> Iterator[None]:
-    """Name the weights file when it is missing from a local folder or unreadable.
+def _refusing_pickled_weights(where: str) -> Iterator[None]:
+    """Keep PEFT from falling back to ``adapter_model.bin`` (a pickle) when a Hub repo has no safetensors."""
+    from peft.utils import save_and_load
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ValueError(_PICKLE_REFUSED.format(file=f"{WEIGHTS_NAME} of {where}"))
+
+    original, save_and_load.torch_load = save_and_load.torch_load, refuse
+    try:
+        yield
+    finally:
+        save_and_load.torch_load = original
+
+
+def _unreadable_config(where: Any, err: json.JSONDecodeError) -> ValueError:
+    return ValueError(f"{CONFIG_NAME} of the adapter {where} is not valid JSON: {err}")
+
+
+@contextmanager
+def _naming_unreadable_files(model_id: Any, subfolder: str | None) -> Iterator[None]:
+    """Name the file when the weights are missing, pickled or unreadable, or the config is not JSON.
 
     PEFT looks a local folder without weights up on the Hub ("Repo id must be in the form..."), and
     safetensors' errors ("Error while deserializing header...") do not say which file they are about.
     """
     where = os.path.join(str(model_id), subfolder) if subfolder else str(model_id)
-    if os.path.isdir(where) and not any(
-        os.path.isfile(os.path.join(where, name)) for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)
-    ):
+    if os.path.isdir(where) and not os.path.isfile(os.path.join(where, SAFETENSORS_WEIGHTS_NAME)):
+        if os.path.isfile(os.path.join(where, WEIGHTS_NAME)):
+            raise ValueError(_PICKLE_REFUSED.format(file=os.path.join(where, WEIGHTS_NAME)))
         raise FileNotFoundError(f"The SVF adapter folder {where} has no {SAFETENSORS_WEIGHTS_NAME}.")
     try:
-        yield
+        with _refusing_pickled_weights(where):
+            yield
+    except json.JSONDecodeError as err:
+        raise _unreadable_config(where, err) from err
     except SafetensorError as err:
         raise ValueError(
             f"Could not read the SVF adapter weights {SAFETENSORS_WEIGHTS_NAME} in {where} (truncated or "
@@ -302,6 +336,8 @@ def _names_svf(model_id: Any, config: Any, hub_kwargs: dict[str, Any]) -> bool:
         return isinstance(config, SVFConfig)
     try:
         return PeftConfig._get_peft_type(str(model_id), **hub_kwargs) == SVF_PEFT_TYPE
+    except json.JSONDecodeError as err:  # PEFT's own error would not say which file
+        raise _unreadable_config(model_id, err) from err
     except Exception:  # no readable config: PEFT raises its own error before touching the model
         return False
 
@@ -324,7 +360,7 @@ def make_loads_transactional(peft_model_cls: type) -> None:
         hub_kwargs = {k: kwargs[k] for k in ("subfolder", "revision", "cache_dir", "token") if k in kwargs}
         if not _names_svf(model_id, bound.get("config"), hub_kwargs):
             return from_pretrained(cls, model, model_id, *args, **kwargs)
-        with _naming_unreadable_weights(model_id, kwargs.get("subfolder")), rolled_back_on_error(model):
+        with _naming_unreadable_files(model_id, kwargs.get("subfolder")), rolled_back_on_error(model):
             return from_pretrained(cls, model, model_id, *args, **kwargs)
 
     @functools.wraps(load_adapter)
@@ -333,7 +369,7 @@ def make_loads_transactional(peft_model_cls: type) -> None:
 
         if adapter_name in self.peft_config or self.peft_type != SVF_PEFT_TYPE:
             return load_adapter(self, model_id, adapter_name, *args, **kwargs)
-        with _naming_unreadable_weights(model_id, kwargs.get("subfolder")), rolled_back_on_error(self):
+        with _naming_unreadable_files(model_id, kwargs.get("subfolder")), rolled_back_on_error(self):
             return load_adapter(self, model_id, adapter_name, *args, **kwargs)
 
     transactional_load_adapter._svf_transactional = True
