@@ -10,8 +10,8 @@ skipped (and reported missing) where the kernel refuses it:
    namespaces; with a PID namespace this process forks and stays outside as a supervisor that
    relays the exit status, while the program becomes pid 1 of an otherwise empty namespace;
 2. mounts (mount namespace): ``/`` made private and read-only, tmpfs over ``/tmp``, ``/home``,
-   ``/root``, ``/run``, ... with only the work directory (read-write) and the standard library
-   (read-only) bound back, and a fresh ``/proc`` showing only the program;
+   ``/root``, ``/run``, ... with the standard library (read-only) bound back, the work directory
+   a private tmpfs of ``disk_bytes`` (read-write), and a fresh ``/proc`` showing only the program;
 3. resource limits, no_new_privs, Landlock (read-write only in the work directory, read-only in
    the standard library minus site-packages; no TCP; no signals or abstract sockets outside);
 4. the privilege drop: as root to the per-program uid chosen by the parent; in a user namespace
@@ -127,21 +127,23 @@ def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def _mount_layer(workdir: str, hide: list[str], stdlib: str, new_proc: bool) -> None:
-    """Read-only root, tmpfs over the places secrets live, the work directory bound back read-write."""
+def _mount_layer(workdir: str, hide: list[str], stdlib: str, new_proc: bool, disk_bytes: int,
+                 owner: tuple[int, int]) -> None:  # fmt: skip
+    """Read-only root, tmpfs over the places secrets live, the work directory a private size-limited tmpfs."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    keep = {workdir: os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
-            stdlib: os.open(stdlib, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)}  # fmt: skip
+    stdlib_fd = os.open(stdlib, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     hidden: list[str] = []
     for path in sorted({os.path.realpath(p) for p in hide}):
         if path != "/" and os.path.isdir(path) and not any(_under(path, h) for h in hidden):
             sc.mount("tmpfs", path, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "size=64k,mode=755")
             hidden.append(path)
-    for path, fd in keep.items():
-        if any(_under(path, h) for h in hidden):
-            os.makedirs(path, exist_ok=True)
-        sc.mount(f"/proc/self/fd/{fd}", path, None, sc.MS_BIND | sc.MS_REC)
-        os.close(fd)
+    if any(_under(stdlib, h) for h in hidden):  # bind the standard library back (read-only, below)
+        os.makedirs(stdlib, exist_ok=True)
+        sc.mount(f"/proc/self/fd/{stdlib_fd}", stdlib, None, sc.MS_BIND | sc.MS_REC)
+    os.close(stdlib_fd)
+    os.makedirs(workdir, exist_ok=True)  # (inside a hiding tmpfs it must be made again)
+    sc.mount("tmpfs", workdir, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
+             f"size={disk_bytes},mode=700,uid={owner[0]},gid={owner[1]}")  # fmt: skip
     if new_proc:
         sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     sc.mount_setattr("/", sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV, 0, recursive=True)
@@ -210,7 +212,8 @@ def _isolate(config: dict, layers: list[str]) -> None:
         _supervise(config["status_fd"])
     if "mountns" in layers:
         try:
-            _mount_layer(workdir, config["hide"], stdlib, new_proc="pidns" in layers)
+            owner = (config["uid"], config["uid"]) if config["uid"] >= 0 else (os.getuid(), os.getgid())
+            _mount_layer(workdir, config["hide"], stdlib, "pidns" in layers, config["disk_bytes"], owner)
         except OSError:
             layers.remove("mountns")
     _limit(resource.RLIMIT_CPU, config["cpu_s"])

@@ -63,6 +63,8 @@ class SandboxUnavailable(RuntimeError):
 class SandboxLimits:
     """Limits for one program; the defaults suit MBPP/HumanEval tests (well under a second each).
 
+    ``disk_mb`` bounds what the program may store in its work directory where the mount layer
+    holds (a private tmpfs); elsewhere only each file's size is bounded (``output_bytes``).
     ``require`` names aspects of :data:`ASPECTS` or single layers of :data:`LAYERS` that must
     hold, else :class:`SandboxUnavailable` is raised (``require=LAYERS`` is the strictest,
     ``require=()`` runs with whatever the machine allows). ``skip`` turns layers off (for tests
@@ -73,6 +75,7 @@ class SandboxLimits:
     cpu_s: int = 5
     memory_mb: int = 512
     output_bytes: int = 64 * 1024
+    disk_mb: int = 64
     max_workers: int = min(4, os.cpu_count() or 1)
     require: tuple[str, ...] = ("network", "filesystem", "signals")
     skip: tuple[str, ...] = ()
@@ -158,6 +161,7 @@ def run_program(source: str, limits: SandboxLimits | None = None) -> SandboxResu
             os.chown(workdir, uid, uid)
         config = {"status_fd": status_w, "workdir": workdir, "uid": uid, "cpu_s": limits.cpu_s,
                   "memory_bytes": limits.memory_mb * 1024 * 1024, "file_bytes": limits.output_bytes,
+                  "disk_bytes": limits.disk_mb * 1024 * 1024,
                   "hide": _hidden_paths(), "skip": list(limits.skip), "require": _requirements(limits.require)}  # fmt: skip
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "PYTHONDONTWRITEBYTECODE": "1"}
         argv = [sys.executable, "-I", "-S", _CHILD, json.dumps(config)]
