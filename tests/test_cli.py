@@ -111,7 +111,7 @@ def python(code: str, cache: Path) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("argv", [["--help"], *([command, "--help"] for command in COMMANDS)])
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], *([command, "--help"] for command in COMMANDS)])
 def test_help_does_not_import_the_trainer_stack(argv, tmp_path):
     """``peft-svf [cmd] --help`` imports the console script's module only: no torch, transformers, peft..."""
     out = python(f"""
@@ -119,6 +119,22 @@ def test_help_does_not_import_the_trainer_stack(argv, tmp_path):
         from peft_svf.cli import main  # what the peft-svf console script imports
         try:
             main({argv!r})
+        except SystemExit as exc:
+            assert exc.code == 0, exc.code
+        print([name for name in {TRAINER_STACK!r} if name in sys.modules])
+    """, tmp_path)
+    assert "usage: peft-svf" in out
+    assert out.strip().splitlines()[-1] == "[]", out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("module", ["peft_svf.trainer", "peft_svf.pipeline"])
+def test_module_entry_point_help_does_not_import_the_trainer_stack(module, tmp_path):
+    """``python -m peft_svf.trainer --help`` (the train alias) and ``python -m peft_svf.pipeline --help``."""
+    out = python(f"""
+        import runpy, sys
+        sys.argv = [{module!r}, "--help"]
+        try:
+            runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
         except SystemExit as exc:
             assert exc.code == 0, exc.code
         print([name for name in {TRAINER_STACK!r} if name in sys.modules])

@@ -13,14 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..defaults import CLASSIFIER_TEMPERATURE
 from ..tasks import Task
 from ..tasks.classification import build_task_id_dataset, task_id_reward
 from ..trainer.recipe import EXPERT_DIR, RESULTS_FILE, train_expert
-
-# Not the experts' 0.7: z_c has a handful of labels to explore, and on the embedded model at 0.7 it settled
-# on "math" for every prompt (validation 30/33% at steps 10/20, all 180 unseen prompts sent to math); at
-# 1.0 the same run validated at 33/67% and routed 114 of 120 math and code prompts right (docs/adaptive.md).
-CLASSIFIER_TEMPERATURE = 1.0
 
 
 def train_classification_expert(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..adaptive.classifier import CLASSIFIER_TEMPERATURE
-from ..trainer.recipe import ROLLOUT_TEMPERATURE
+from ..defaults import CLASSIFIER_TEMPERATURE, ROLLOUT_TEMPERATURE
 
 # The offline suite: one training task per expert domain, and the unseen tasks Table 2 is measured on.
 DEFAULT_EXPERT_TASKS = {"math": "offline_math", "code": "offline_code", "reasoning": "offline_reasoning"}
@@ -78,3 +78,29 @@ QUICK = replace(
     cem_population=4,
     cem_generations=1,
 )
+
+
+def parse_args(argv: list[str] | None = None) -> PipelineConfig:
+    """The main job's flags; here, beside the presets, so that ``--help`` imports nothing heavy."""
+    parser = argparse.ArgumentParser(
+        prog="peft-svf run",
+        description="The whole Transformer² loop on the embedded model and the offline tasks.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run of every stage (under 5 minutes on 2 cores)"
+    )
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help=f"default: {QUICK.output_dir} with --quick, else {FULL.output_dir}; experts there are reused")  # fmt: skip
+    parser.add_argument(
+        "--model", default=None, help="Hub id or path of the base model; default: the embedded SmolLM2"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unseen-n", type=int, default=None, help="test items per unseen task")
+    args = parser.parse_args(argv)
+    config = QUICK if args.quick else FULL
+    changes = {"model": args.model, "seed": args.seed}
+    if args.output_dir is not None:
+        changes["output_dir"] = args.output_dir
+    if args.unseen_n is not None:
+        changes["unseen_n"] = args.unseen_n
+    return replace(config, **changes)

@@ -6,15 +6,12 @@ and each adaptation strategy on the unseen tasks, and write the report (Table 2,
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from ..tasks import get_task
-from .config import FULL, QUICK, PipelineConfig
+from .config import PipelineConfig
 from .experts import ModelLoader, classification_expert, domain_experts
 from .report import confusion, experts_markdown, table2_markdown, with_best_single_expert, write_report
 from .strategies import CLASSIFIER, PROMPT, SOFT, evaluate_unseen
@@ -77,34 +74,3 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     print(f"\nUnseen tasks, accuracy % (normalised score):\n{table2_markdown(unseen)}")
     print(f"\nTotal {summary['seconds']['total'] / 60:.1f} min. Report: " + ", ".join(str(f) for f in files))
     return summary
-
-
-def parse_args(argv: list[str] | None = None) -> PipelineConfig:
-    parser = argparse.ArgumentParser(
-        prog="peft-svf run",
-        description="The whole Transformer² loop on the embedded model and the offline tasks.",
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="a smoke run of every stage (under 5 minutes on 2 cores)"
-    )
-    parser.add_argument("--output-dir", type=Path, default=None,
-                        help=f"default: {QUICK.output_dir} with --quick, else {FULL.output_dir}; experts there are reused")  # fmt: skip
-    parser.add_argument(
-        "--model", default=None, help="Hub id or path of the base model; default: the embedded SmolLM2"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--unseen-n", type=int, default=None, help="test items per unseen task")
-    args = parser.parse_args(argv)
-    config = QUICK if args.quick else FULL
-    changes = {"model": args.model, "seed": args.seed}
-    if args.output_dir is not None:
-        changes["output_dir"] = args.output_dir
-    if args.unseen_n is not None:
-        changes["unseen_n"] = args.unseen_n
-    return replace(config, **changes)
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    run_pipeline(parse_args(argv))
-    return 0

@@ -1,7 +1,20 @@
-"""REINFORCE training of PEFT adapters (SVF experts first) in the TRL style."""
+"""REINFORCE training of PEFT adapters (SVF experts first) in the TRL style.
 
-from .config import SVFTrainingConfig
-from .recipe import train_expert
-from .trainer import SVFTrainer
+The exports load on first use, so that ``python -m peft_svf.trainer --help`` (the alias of ``peft-svf train``)
+answers without importing transformers and TRL.
+"""
 
-__all__ = ["SVFTrainer", "SVFTrainingConfig", "train_expert"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {"SVFTrainer": ".trainer", "SVFTrainingConfig": ".config", "train_expert": ".recipe"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
