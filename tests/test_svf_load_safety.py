@@ -110,7 +110,6 @@ BAD_ADAPTERS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "garbage weights": (lambda p: garbage(save_adapter(p)), WEIGHTS),
     "weights file without tensors": (lambda p: empty_header(save_adapter(p)), "no SVF vector"),
     "missing weights": (lambda p: (save_adapter(p) / WEIGHTS).unlink() or p, f"has no {WEIGHTS}"),
-    "pickled weights only": (lambda p: pickled_weights_only(save_adapter(p)), r"Refusing.*adapter_model\.bin"),
     "config not valid JSON": (lambda p: broken_config(save_adapter(p)), f"{CONFIG} .*not valid JSON"),
     "NaN vector": (lambda p: edit_weights(save_adapter(p), first_vector_to_nan), "NaN"),
     "tensor for a base weight": (lambda p: edit_weights(save_adapter(p), add_base_weight), "lm_head.weight"),
@@ -227,19 +226,30 @@ def test_a_good_load_after_the_rollback_still_matches_a_fresh_load(tmp_path, inp
         assert torch.equal(loaded(input_ids).logits, reference(input_ids).logits)
 
 
-def test_pickled_weights_are_never_unpickled_even_from_the_hub(tmp_path, monkeypatch):
+def test_a_hub_repo_with_only_pickled_weights_is_refused_before_unpickling(tmp_path, monkeypatch):
     """Where PEFT would fall back to a Hub repo's ``adapter_model.bin``, an SVF load refuses before torch.load."""
     from peft.utils import save_and_load
 
-    from peft_svf.svf.model import _refusing_pickled_weights
+    from peft_svf.svf.model import _refusing_downloaded_pickles
 
     folder = pickled_weights_only(save_adapter(tmp_path / "repo"))
     unpickled = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a))
-    with _refusing_pickled_weights("user/repo"), pytest.raises(ValueError, match="Refusing"):
+    with _refusing_downloaded_pickles("user/repo"), pytest.raises(ValueError, match=r"Refusing.*user/repo"):
         save_and_load.load_peft_weights(str(folder), device="cpu")
     assert unpickled == []
     assert save_and_load.torch_load.__name__ == "torch_load"  # PEFT's own function is back afterwards
+
+
+def test_a_local_pickled_adapter_still_loads_with_a_warning(tmp_path, input_ids):
+    """PEFT's ``save_pretrained(safe_serialization=False)`` round trip (its own suite tests it) keeps working."""
+    folder = save_adapter(tmp_path / "a")
+    reference = PeftModel.from_pretrained(make_tiny_llama(), folder)
+    pickled_weights_only(folder)
+    with pytest.warns(UserWarning, match="a pickle"):
+        loaded = PeftModel.from_pretrained(make_tiny_llama(), folder)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids).logits, reference(input_ids).logits)
 
 
 # -- part 4: cache settings belong to this machine ------------------------------------------------------------

@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -278,15 +279,29 @@ def rolled_back_on_error(*roots: nn.Module) -> Iterator[None]:
 
 
 _PICKLE_REFUSED = (
-    "Refusing to load {file}: SVF adapter weights load from {safetensors} only, because unpickling a "
+    "Refusing to load {file}: SVF adapters download from the Hub as {safetensors} only, because unpickling a "
     "downloaded file can run code. Convert it where it was made (save_pretrained writes safetensors)."
 ).replace("{safetensors}", SAFETENSORS_WEIGHTS_NAME)
 
 
 @contextmanager
-def _refusing_pickled_weights(where: str) -> Iterator[None]:
-    """Keep PEFT from falling back to ``adapter_model.bin`` (a pickle) when a Hub repo has no safetensors."""
+def _refusing_downloaded_pickles(where: str) -> Iterator[None]:
+    """Keep PEFT from falling back to a Hub repo's ``adapter_model.bin`` (a pickle) when it has no safetensors.
+
+    A local folder's ``adapter_model.bin`` (``save_pretrained(safe_serialization=False)``, which PEFT's own
+    suite round-trips) still loads, through PEFT's ``torch.load(weights_only=True)``, with a warning.
+    """
     from peft.utils import save_and_load
+
+    if os.path.isdir(where):
+        if not os.path.isfile(os.path.join(where, SAFETENSORS_WEIGHTS_NAME)):
+            warnings.warn(
+                f"Loading the SVF adapter {where} from {WEIGHTS_NAME}, a pickle (read with torch's weights-only "
+                f"unpickler); save it with safetensors (the default) to avoid pickles altogether.",
+                stacklevel=4,
+            )
+        yield
+        return
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise ValueError(_PICKLE_REFUSED.format(file=f"{WEIGHTS_NAME} of {where}"))
@@ -304,18 +319,18 @@ def _unreadable_config(where: Any, err: json.JSONDecodeError) -> ValueError:
 
 @contextmanager
 def _naming_unreadable_files(model_id: Any, subfolder: str | None) -> Iterator[None]:
-    """Name the file when the weights are missing, pickled or unreadable, or the config is not JSON.
+    """Name the file when the weights are missing or unreadable or the config is not JSON; refuse Hub pickles.
 
     PEFT looks a local folder without weights up on the Hub ("Repo id must be in the form..."), and
     safetensors' errors ("Error while deserializing header...") do not say which file they are about.
     """
     where = os.path.join(str(model_id), subfolder) if subfolder else str(model_id)
-    if os.path.isdir(where) and not os.path.isfile(os.path.join(where, SAFETENSORS_WEIGHTS_NAME)):
-        if os.path.isfile(os.path.join(where, WEIGHTS_NAME)):
-            raise ValueError(_PICKLE_REFUSED.format(file=os.path.join(where, WEIGHTS_NAME)))
+    if os.path.isdir(where) and not any(
+        os.path.isfile(os.path.join(where, name)) for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)
+    ):
         raise FileNotFoundError(f"The SVF adapter folder {where} has no {SAFETENSORS_WEIGHTS_NAME}.")
     try:
-        with _refusing_pickled_weights(where):
+        with _refusing_downloaded_pickles(where):
             yield
     except json.JSONDecodeError as err:
         raise _unreadable_config(where, err) from err
