@@ -382,3 +382,83 @@ def test_evaluator_bounds_the_work_a_result_can_cause():
     assert verdicts[0].cases == (False, False, False)
     assert verdicts[1].passed
     assert time.monotonic() - start < 30  # a bomb would not come back at all
+
+
+# --- red-team findings: regressions ------------------------------------------------------------------
+
+def test_builtins_on_the_expected_side_are_never_probes():
+    """``assert to_hex(255) == hex(255)``: ``hex`` is the test's own computation, not a function the model
+    writes. Were it a probe, a program defining ``hex`` and ``to_hex`` as ``return 0`` would pass and the
+    correct code (which defines no ``hex``) would fail. Probes are only names the reference defines."""
+    row = {"test_list": ["assert to_hex(255) == hex(255)", "assert power_of(2, 10) == pow(2, 10)"],
+           "test_setup_code": "", "code": "def to_hex(n):\n    return hex(n)\ndef power_of(a, b):\n    return a ** b\n"}
+    suite = assert_tests(row)
+    assert not suite.exact and {p.name for p in suite.probes} == {"to_hex", "power_of"}
+    hack = "def hex(n):\n    return 0\ndef pow(a, b):\n    return 0\ndef to_hex(n):\n    return 0\ndef power_of(a, b):\n" \
+           "    return 0\n"
+    assert _rewards([row["code"], hack], row) == [1.0, -1.0]
+    # Without a reference the expected side cannot be computed here: ungradable, never judged on the program.
+    with pytest.raises(UngradableTests):
+        assert_tests({k: v for k, v in row.items() if k != "code"})
+
+
+_M61 = 2**61 - 1  # k * (2**61 - 1) hashes to 0 for every k: a set of them costs quadratic work to build
+
+
+def test_decode_refuses_hash_collision_floods_but_not_plain_sets():
+    flood = [k * _M61 for k in range(5000)]
+    for data in ({"S": flood}, {"F": flood}, {"D": [[k, 0] for k in flood]}):
+        with pytest.raises(ValueError):
+            decode(data)
+    marker = "m" * 32
+    assert parse_outcomes(f"{marker} 0 {json.dumps(['v', {'S': flood}])}\n", marker, 1) == [None]
+    # Ordinary sets decode, also ones with a few equal hashes (hash(-1) == hash(-2), so do (-1, i) and (-2, i)).
+    pairs = {(x, i) for x in (-1, -2) for i in range(300)}
+    assert decode(json.loads(json.dumps(encode(pairs)))) == pairs
+    assert decode(encode(set(range(20000)))) == set(range(20000))
+
+
+def test_evaluator_refuses_hash_collision_floods_in_results():
+    suite = assert_tests({"test_list": ["assert len(set(f(1))) == 5000", "assert len({x: 0 for x in f(2)}) == 5000"]})
+    flood, plain = [k * _M61 for k in range(5000)], list(range(5000))
+    assert suite.judge([Outcome("v", plain)] * 2) == (True, True)
+    assert suite.judge([Outcome("v", flood)] * 2) == (False, False)
+
+
+@pytest.mark.parametrize(("expected", "value"), [
+    ("len([[0] * 1000000 for _ in range(8)])", 8),  # 8M elements alive at once
+    ("sum([sum(range(10**6)) for _ in range(20)])", 20 * sum(range(10**6))),  # 20M additions in C, 20 steps
+    ("len(sum([[0] * 1000] * 300, []))", 300_000),  # quadratic list concatenation
+    ("(2**49999 * 2**49999) * (2**49999 * 2**49999) > 0", True),  # 200,000 bits: each nesting doubles them
+])
+def test_evaluator_charges_sizes_and_big_numbers_against_its_budget(expected, value):
+    """A (malicious) row's expected side that builds huge values or makes builtins loop is refused (the case
+    fails), although the program's result is the value the expression has."""
+    suite = assert_tests({"test_list": [f"assert f(1) == ({expected})"]})
+    assert suite.exact and suite.judge([Outcome("v", value)]) == (False,)
+
+
+def test_round_with_a_huge_negative_precision_is_refused():
+    """``round(1, -n)`` computes 10**n: parsing such a row must not take seconds."""
+    with pytest.raises(UngradableTests):
+        assert_tests({"test_list": ["assert f(round(1, -10**6)) == 0"]})
+    assert assert_tests({"test_list": ["assert f(round(1234, -2)) == 0"]}).probes[0].args == {"T": [1200]}
+
+
+_RANDOM_ROW = {"test_imports": ["import random"], "test_list": [  # random inputs: the reference path
+    "assert is_pos(random.choice([3, 4])) is True",
+    "try:\n    check(-random.choice([3, 4]))\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError",
+], "code": "def is_pos(x):\n    return x > 0\ndef check(x):\n    if x < 0:\n        raise ValueError(x)\n"}
+
+
+def test_reference_cases_are_type_strict_where_the_original_test_is():
+    """``1 == True`` and a user class named ``ValueError`` match the reference's results by ``==`` and by
+    type name, but fail the original test (``is True``, ``except ValueError``)."""
+    suite = assert_tests(_RANDOM_ROW)
+    assert not suite.exact
+    one = _RANDOM_ROW["code"].replace("return x > 0", "return 1")
+    own_error = "class ValueError(Exception):\n    pass\n" + _RANDOM_ROW["code"]
+    verdicts = grade([_RANDOM_ROW["code"], one, own_error], [suite] * 3)
+    assert verdicts[0].passed and all(verdicts[0].cases)
+    assert [v.passed for v in verdicts[1:]] == [False, False]
+    assert not all(verdicts[1].cases) and not all(verdicts[2].cases)

@@ -14,6 +14,8 @@ import json
 import sys
 
 MAX_DEPTH = 100
+# Comparisons of unequal keys with equal hashes that building one set or dict may cost (see check_hashes).
+MAX_COLLISION_WORK = 1000
 _TAGS = {"L": list, "T": tuple, "S": set, "F": frozenset}
 
 
@@ -49,6 +51,32 @@ def encode(value, depth=0):
     raise TypeError("not plain data")
 
 
+def check_hashes(keys):
+    """``keys`` (a list) unless building a set or dict of them would compare many unequal keys with equal
+    hashes (ValueError): ints ``k * (2**61 - 1)`` all hash to 0, and each new one costs a comparison with
+    every earlier one, quadratic work in the trainer on values a program chose. Duplicates cost nothing,
+    nor do the few equal hashes of ordinary data (``hash(-1) == hash(-2)``)."""
+    groups, seen, work = {}, set(), 0
+    for key in keys:
+        count = groups.get(hash(key), 0)
+        work += max(count - 1, 0)  # the lookup below compares with the others of its hash
+        if key not in seen:
+            work += count > 0
+            groups[hash(key)] = count + 1
+            seen.add(key)
+        if work > MAX_COLLISION_WORK:
+            raise ValueError("keys with colliding hashes")
+    return keys
+
+
+def exception_name(exc):
+    """What a probe that raised ``exc`` reports: a builtin exception's name, or the module-qualified name of
+    any other class (a class of its own named ``ValueError`` is not the ``ValueError`` a test expects)."""
+    kind = type(exc)
+    name = kind.__name__
+    return name if getattr(builtins, name, None) is kind else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def decode(data, depth=0):
     """The value :func:`encode` described; raises ValueError/TypeError for anything it cannot have produced."""
     if depth > MAX_DEPTH:
@@ -63,12 +91,16 @@ def decode(data, depth=0):
     if type(items) is not list:
         raise ValueError("not an encoded value")
     depth += 1
-    if tag in _TAGS:
+    if tag in ("L", "T"):
         return _TAGS[tag](decode(item, depth) for item in items)
+    if tag in _TAGS:
+        return _TAGS[tag](check_hashes([decode(item, depth) for item in items]))
     if tag == "D":
         if not all(type(pair) is list and len(pair) == 2 for pair in items):
             raise ValueError("not an encoded dict")
-        return {decode(k, depth): decode(v, depth) for k, v in items}
+        pairs = [(decode(k, depth), decode(v, depth)) for k, v in items]
+        check_hashes([k for k, _ in pairs])
+        return dict(pairs)
     if tag == "C" and len(items) == 2 and all(type(x) in (int, float) for x in items):
         return complex(*items)
     raise ValueError("not an encoded value")
@@ -81,12 +113,12 @@ def _emit(marker, index, payload):
 
 def run_probes(namespace, probes, marker):
     """Call ``namespace[name](*args, **kwargs)`` for each probe and write one result line per probe:
-    ``["v", value]``, ``["e", exception type name]`` (it raised) or ``["x", ""]`` (not plain data)."""
+    ``["v", value]``, ``["e", exception_name(exc)]`` (it raised) or ``["x", ""]`` (not plain data)."""
     for index, (name, args, kwargs) in enumerate(json.loads(probes)):
         try:
             value = namespace[name](*decode(args), **decode(kwargs))
         except BaseException as exc:  # an exit or kill attempt inside the function fails this probe only
-            _emit(marker, index, ["e", type(exc).__name__])
+            _emit(marker, index, ["e", exception_name(exc)])
             continue
         try:
             payload = ["v", encode(value)]
@@ -114,7 +146,7 @@ def record(namespace, names, test_source, marker):
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
-                calls.append([*entry, ["e", type(exc).__name__]])
+                calls.append([*entry, ["e", exception_name(exc)]])
                 raise
             finally:
                 active[0] -= 1
