@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from peft_svf.tasks import sandbox_syscalls
 from peft_svf.tasks.sandbox import SandboxLimits, SandboxUnavailable, run_programs
 
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
@@ -165,6 +166,20 @@ def proc_scan():
         os.kill(pid, signal.SIGKILL)
 def ptrace():
     check(libc.ptrace(16, V, None, None), "ptrace(PTRACE_ATTACH)")
+def sigio(pid):  # a pipe that signals its owner (F_SETOWN) with SIGKILL (F_SETSIG) once written to
+    import fcntl
+    r, w = os.pipe()
+    fcntl.fcntl(r, 8, pid)
+    fcntl.fcntl(r, 10, 9)
+    fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC)
+    os.write(w, b"x")
+def sigio_ex(pid):  # the same through F_SETOWN_EX (struct f_owner_ex: F_OWNER_PID, pid)
+    import fcntl
+    r, w = os.pipe()
+    check(libc.fcntl(r, 15, struct.pack("=ii", 1, pid)), "F_SETOWN_EX")
+    fcntl.fcntl(r, 10, 9)
+    fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC)
+    os.write(w, b"x")
 attempts = [
     ("kill victim", lambda: os.kill(V, signal.SIGKILL)), ("kill runner", lambda: os.kill(R, signal.SIGKILL)),
     ("raw kill victim", lambda: check(libc.syscall(62, V, 9), "kill")),
@@ -172,6 +187,7 @@ attempts = [
     ("pidfd victim", lambda: pidfd_kill(V)), ("pidfd runner", lambda: pidfd_kill(R)),
     ("ptrace victim", ptrace), ("proc scan", proc_scan),
     ("prlimit victim", lambda: check(libc.syscall(302, V, 7, None, ctypes.create_string_buffer(16)), "prlimit")),
+    ("sigio victim", lambda: sigio(V)), ("sigio runner", lambda: sigio(R)), ("sigio_ex victim", lambda: sigio_ex(V)),
 ]
 if @BROAD@:
     attempts += [("kill -1", lambda: os.kill(-1, signal.SIGKILL)), ("killpg 0", lambda: os.killpg(0, signal.SIGKILL))]
@@ -200,6 +216,56 @@ def rewrite():
 attempt("overwrite sibling", rewrite)
 '''
 
+
+# Real files outside the hidden places (/tmp, homes, ...): the checkout, the venv's packages (a
+# dataset with canonical solutions would be a reward hack), /etc. Each one read is shown by its hash.
+OUTSIDE = PRELUDE + r"""
+import hashlib
+def show_hash(path):
+    with open(path, "rb") as f:
+        print("CONTENT", hashlib.sha256(f.read()).hexdigest(), flush=True)
+for path in @PATHS@:
+    attempt("read " + path, lambda path=path: show_hash(path))
+for path in @DIRS@:
+    attempt("list " + path, lambda path=path: print("CONTENT", sorted(os.listdir(path)), flush=True))
+"""
+
+# Persistent SysV IPC objects and POSIX message queues outlive the program where there is no IPC
+# namespace: each could pin memory on the host.
+IPC = PRELUDE + r"""
+libc.shmat.restype = ctypes.c_void_p
+def shm():
+    sid = check(libc.shmget(0, 1 << 20, 0o1000 | 0o600), "shmget")  # IPC_PRIVATE, IPC_CREAT
+    addr = libc.shmat(sid, None, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "shmat")
+    ctypes.memset(addr, 1, 1 << 20)
+attempts = [("shm", shm), ("sem", lambda: check(libc.semget(0, 1, 0o1000 | 0o600), "semget")),
+            ("msg", lambda: check(libc.msgget(0, 0o1000 | 0o600), "msgget")),
+            ("mq", lambda: check(libc.mq_open(b"/@MQ@", 0o100 | 2, 0o600, None), "mq_open"))]
+for label, fn in attempts:
+    attempt(label, fn)
+"""
+
+# Slowing the trainer (or any process of its uid) down for good: priorities, CPU affinity, I/O priority.
+PRIORITY = PRELUDE + r"""
+V, R = @VICTIM@, @RUNNER_PID@
+attempts = [("setpriority victim", lambda: os.setpriority(os.PRIO_PROCESS, V, 19)),
+            ("setpriority runner", lambda: os.setpriority(os.PRIO_PROCESS, R, 19)),
+            ("setpriority user", lambda: os.setpriority(os.PRIO_USER, 0, 19)),
+            ("setpriority group", lambda: os.setpriority(os.PRIO_PGRP, 0, 19)),
+            ("affinity victim", lambda: os.sched_setaffinity(V, {0})),
+            ("affinity runner", lambda: os.sched_setaffinity(R, {0})),
+            ("scheduler victim", lambda: os.sched_setscheduler(V, os.SCHED_IDLE, os.sched_param(0))),
+            ("ioprio victim", lambda: check(libc.syscall(251, 1, V, (3 << 13) | 0), "ioprio_set")),
+            ("ioprio user", lambda: check(libc.syscall(251, 3, 0, (3 << 13) | 0), "ioprio_set"))]
+os.setpriority(os.PRIO_PROCESS, 0, 5)  # its own priority, affinity and I/O priority stay its own business
+os.sched_setaffinity(0, {0})
+check(libc.syscall(251, 1, 0, (2 << 13) | 7), "ioprio_set self")
+print("OWN", os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0)), flush=True)
+for label, fn in attempts:
+    attempt(label, fn)
+"""
 
 # --- environment ---------------------------------------------------------------------------------
 def _unprivileged_python() -> str | None:
@@ -550,3 +616,108 @@ def test_resource_hogs_still_held(env, user, targets):
         with pytest.raises(ProcessLookupError):
             os.killpg(r["pid"], 0)
     assert not _processes_of(batch)
+
+
+def _outside_targets() -> tuple[dict[str, str], list[str]]:
+    """World-readable files outside every hidden place, with their hashes, and directories to list."""
+    import pytest as installed  # a file of the interpreter's third-party packages
+
+    files = [Path(__file__).resolve(), Path(__file__).resolve().parent.parent / "pyproject.toml",
+             Path(installed.__file__).resolve(), Path("/etc/passwd")]  # fmt: skip
+    hashes = {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+    dirs = [str(Path(__file__).resolve().parent.parent), str(Path(installed.__file__).resolve().parent.parent), "/etc"]
+    return hashes, dirs
+
+
+@pytest.mark.parametrize(("env", "layers"), [("root", ("mountns", "pidns", "uid")),
+                                             ("unprivileged", ("mountns", "userns", "pidns"))],
+                         ids=["root", "unprivileged"])  # fmt: skip
+def test_mount_layer_alone_shows_nothing_outside_the_interpreter(env, layers, user, targets):
+    """Where Landlock is missing the mount layer must close the filesystem by itself: the project
+    checkout, the installed packages and /etc are neither readable nor listable."""
+    hashes, dirs = _outside_targets()
+    program = _fill(OUTSIDE, {"@PATHS@": repr(sorted(hashes)), "@DIRS@": repr(dirs)})
+    result = _single(program, env, user, targets, **_only(*layers))
+    assert "mountns" in result["layers"], result["layers"]
+    for digest in hashes.values():
+        assert digest not in result["output"], result["output"]
+    assert not [line for line in result["output"].splitlines() if line.startswith("CONTENT")], result["output"]
+    assert "DID" not in result["output"], result["output"]
+
+
+def test_mount_layer_alone_keeps_the_standard_library_usable(user, targets):
+    """The minimal root still holds what programs use after the lockdown: modules not preloaded
+    (pure Python and native, with their shared libraries), /dev/null, os.urandom."""
+    program = PRELUDE + (
+        "import sqlite3, xml.dom.minidom, zlib, csv\n"
+        "print(sqlite3.connect(':memory:').execute('select 6*7').fetchone()[0], zlib.crc32(b'x'),\n"
+        "      len(os.urandom(8)), open('/dev/null', 'w').write('x'), xml.dom.minidom.parseString('<a/>').documentElement.tagName)\n"
+    )  # fmt: skip
+    result = _single(program, "root", user, targets, **_only("mountns", "pidns", "uid"))
+    assert "42 2363233923 8 1 a" in result["output"], result["output"]
+
+
+def _ipc_objects() -> dict[str, set[str]]:
+    """The host's SysV IPC objects by kind (ids): a program's objects that outlive it show up here."""
+    found = {}
+    for kind in ("shm", "sem", "msg"):
+        lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]
+        found[kind] = {line.split()[1] for line in lines}
+    return found
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_no_ipc_object_outlives_the_program(env, user, targets):
+    """SysV shared memory, semaphores, message queues and POSIX message queues are refused (or die
+    with the program's IPC namespace): none is left on the host."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    mq = f"peft_svf_mq_{uuid.uuid4().hex[:12]}"
+    before = _ipc_objects()
+    try:
+        result = _single(_fill(IPC, {"@MQ@": mq}), env, user, targets)
+        left = {kind: ids - before[kind] for kind, ids in _ipc_objects().items()}
+        assert left == {"shm": set(), "sem": set(), "msg": set()}, result["output"]
+        assert libc.mq_open(f"/{mq}".encode(), 0) < 0, result["output"]  # O_RDONLY: exists?
+    finally:
+        for kind, flag in (("shm", "-m"), ("sem", "-s"), ("msg", "-q")):
+            for ident in _ipc_objects()[kind] - before[kind]:
+                subprocess.run(["ipcrm", flag, ident], check=False)
+        libc.mq_unlink(f"/{mq}".encode())
+
+
+def _scheduling(pid: int) -> tuple:
+    import ctypes
+
+    ioprio = ctypes.CDLL(None, use_errno=True).syscall(252, 1, pid)  # ioprio_get(IOPRIO_WHO_PROCESS, pid)
+    return os.getpriority(os.PRIO_PROCESS, pid), os.sched_getaffinity(pid), os.sched_getscheduler(pid), ioprio
+
+
+def _priority_check(env: str, user_name: str, targets: dict, **limits) -> dict:
+    victim = _victim(env, user_name)
+    try:
+        time.sleep(0.2)
+        before, mine = _scheduling(victim.pid), _scheduling(os.getpid())
+        result = _single(_fill(PRIORITY, {"@VICTIM@": str(victim.pid)}), env, user_name, targets, **limits)
+        assert _scheduling(victim.pid) == before, result["output"]
+        assert _scheduling(os.getpid()) == mine, result["output"]
+        assert "OWN 5 [0]" in result["output"], result["output"]
+        return result
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@pytest.mark.skipif(sandbox_syscalls.MACHINE != "x86_64", reason="the attack uses x86_64 syscall numbers")
+@pytest.mark.parametrize("env", ENVS)
+def test_no_priority_change_reaches_other_processes(env, user, targets):
+    result = _priority_check(env, user, targets)
+    assert "DID" not in result["output"], result["output"]
+
+
+@pytest.mark.skipif(sandbox_syscalls.MACHINE != "x86_64", reason="the attack uses x86_64 syscall numbers")
+@pytest.mark.parametrize("layers", [("userns", "pidns"), ("seccomp",)], ids="+".join)
+def test_priority_single_layer_holds(layers, user, targets):
+    """The PID namespace or seccomp alone keep a program of the trainer's uid from renicing it."""
+    _priority_check("unprivileged", user, targets, **_only(*layers))

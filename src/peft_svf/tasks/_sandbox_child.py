@@ -9,15 +9,18 @@ skipped (and reported missing) where the kernel refuses it:
 1. namespaces: ``unshare`` of a user namespace (unless root), PID, network, mount, IPC and UTS
    namespaces; with a PID namespace this process forks and stays outside as a supervisor that
    relays the exit status, while the program becomes pid 1 of an otherwise empty namespace;
-2. mounts (mount namespace): ``/`` made private and read-only, tmpfs over ``/tmp``, ``/home``,
-   ``/root``, ``/run``, ... with the standard library (read-only) bound back, the work directory
-   a private tmpfs of ``disk_bytes`` (read-write), and a fresh ``/proc`` showing only the program;
+2. mounts (mount namespace): ``pivot_root`` into a minimal read-only root holding only the
+   interpreter's files and shared-library directories, the standard library without
+   site-packages, ``/dev/null``, ``/dev/zero``, ``/dev/urandom``, the work directory (a private
+   tmpfs of ``disk_bytes``, read-write) and, with a PID namespace, a fresh ``/proc`` showing only
+   the program;
 3. resource limits, no_new_privs, Landlock (read-write only in the work directory, read-only in
    the standard library minus site-packages; no TCP; no signals or abstract sockets outside);
 4. the privilege drop: as root to the per-program uid chosen by the parent; in a user namespace
    every capability is dropped;
-5. a seccomp filter refusing sockets, process creation, exec, signals to other processes,
-   ptrace, namespace and mount calls, keyrings, bpf, io_uring and more;
+5. a seccomp filter refusing sockets, process creation, exec, signals to other processes (also
+   through ``F_SETOWN``/``F_SETSIG``), scheduling changes of other processes, SysV IPC and POSIX
+   message queues, ptrace, namespace and mount calls, keyrings, bpf, io_uring and more;
 6. the old Python audit hook, as one more (weak) layer.
 
 The layers that held are reported to the parent on a pipe that is closed before the program
@@ -69,8 +72,15 @@ _DENIED = [
     "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "utime", "utimes",
     "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr", "setxattrat", "removexattr",
     "lremovexattr", "fremovexattr", "removexattrat",
+    # SysV IPC and POSIX message queues: objects that outlive the program where there is no IPC namespace
+    "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semtimedop", "semctl", "msgget", "msgsnd",
+    "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
 ]  # fmt: skip
-_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+# ioctls: faking terminal input; making another process the owner of a socket's SIGIO/SIGURG
+_TIOCSTI, _TIOCLINUX, _FIOSETOWN, _SIOCSPGRP = 0x5412, 0x541C, 0x8901, 0x8902
+# fcntl: F_SETOWN, F_SETSIG, F_SETOWN_EX (a file that signals another process, any signal, when ready)
+_F_SETOWN, _F_SETSIG, _F_SETOWN_EX = 8, 10, 15
+_PRIO_PROCESS, _IOPRIO_WHO_PROCESS = 0, 1
 
 
 def _limit(kind: int, value: int) -> None:
@@ -127,40 +137,91 @@ def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def _mount_layer(workdir: str, hide: list[str], stdlib: str, new_proc: bool, disk_bytes: int,
-                 owner: tuple[int, int]) -> None:  # fmt: skip
-    """Read-only root, tmpfs over the places secrets live, the work directory a private size-limited tmpfs."""
+def _bind(source: str, root: str, attrs: int) -> None:
+    """Bind ``source`` at the same path under ``root`` with mount attributes ``attrs`` (recursively)."""
+    target = root + source
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+    sc.mount(source, target, None, sc.MS_BIND | sc.MS_REC)
+    sc.mount_setattr(target, attrs, 0, recursive=True)
+
+
+def _interpreter_files(stdlib: str) -> tuple[list[str], list[str]]:
+    """What the running interpreter has mapped, outside the standard library: the directories of its
+    shared libraries (later native imports load more from there) and its other files (the binary,
+    locale data). A directory holding the standard library (with its site-packages) is never bound."""
+    with open("/proc/self/maps") as maps:
+        mapped = {line.split(None, 5)[5].strip() for line in maps if " /" in line}
+    files = {os.path.realpath(p) for p in mapped if os.path.isfile(p) and not _under(p, stdlib)}
+    dirs = {os.path.dirname(f) for f in files if ".so" in os.path.basename(f)}
+    dirs = {d for d in dirs if not _under(stdlib, d)}
+    return sorted(dirs), sorted(f for f in files if not any(_under(f, d) for d in dirs))
+
+
+def _mount_layer(workdir: str, stdlib: str, new_proc: bool, disk_bytes: int, owner: tuple[int, int]) -> None:
+    """Pivot into a minimal root: an empty read-only tmpfs holding only the interpreter's files and
+    libraries, the standard library without site-packages, /dev/null, /dev/zero, /dev/urandom (all
+    read-only), the work directory (a private tmpfs of ``disk_bytes``) and, with a PID namespace, a
+    fresh /proc. Nothing else of the machine (checkout, virtualenv, /etc, homes, /tmp) is reachable."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    stdlib_fd = os.open(stdlib, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    hidden: list[str] = []
-    for path in sorted({os.path.realpath(p) for p in hide}):
-        if path != "/" and os.path.isdir(path) and not any(_under(path, h) for h in hidden):
-            sc.mount("tmpfs", path, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "size=64k,mode=755")
-            hidden.append(path)
-    if any(_under(stdlib, h) for h in hidden):  # bind the standard library back (read-only, below)
-        os.makedirs(stdlib, exist_ok=True)
-        sc.mount(f"/proc/self/fd/{stdlib_fd}", stdlib, None, sc.MS_BIND | sc.MS_REC)
-    os.close(stdlib_fd)
-    os.makedirs(workdir, exist_ok=True)  # (inside a hiding tmpfs it must be made again)
-    sc.mount("tmpfs", workdir, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
+    new = workdir  # any directory of this private namespace serves as the new root's mount point
+    sc.mount("tmpfs", new, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "size=1m,mode=755")
+    try:
+        _build_root(new, workdir, stdlib, new_proc, disk_bytes, owner)
+        os.chdir(new)
+        sc.syscall("pivot_root", b".", b".")
+    except OSError:  # back to the machine's root with the work directory uncovered: the layer is missing
+        os.chdir("/")
+        sc.syscall("umount2", new.encode(), 2)  # MNT_DETACH, with everything mounted below it
+        raise
+    try:
+        sc.syscall("umount2", b".", 2)  # the old root, now stacked on the new one
+    except OSError as error:  # neither root is usable any more: the sandbox fails, the program never runs
+        raise RuntimeError(f"detaching the old root failed: {error}") from error
+    os.chdir("/")
+
+
+def _build_root(new: str, workdir: str, stdlib: str, new_proc: bool, disk_bytes: int, owner: tuple[int, int]) -> None:
+    read_only = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+    dirs, files = _interpreter_files(stdlib)
+    for path in [*dirs, *files, stdlib]:
+        _bind(path, new, read_only)
+    for name in ("site-packages", "dist-packages"):  # third-party packages that may live in the stdlib
+        if os.path.isdir(os.path.join(stdlib, name)):
+            sc.mount("tmpfs", new + os.path.join(stdlib, name), "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV,
+                     "size=4k,mode=555")  # fmt: skip
+    for device in ("/dev/null", "/dev/zero", "/dev/urandom"):
+        _bind(device, new, sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID)
+    os.makedirs(new + workdir)
+    sc.mount("tmpfs", new + workdir, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
              f"size={disk_bytes},mode=700,uid={owner[0]},gid={owner[1]}")  # fmt: skip
     if new_proc:
-        sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    sc.mount_setattr("/", sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV, 0, recursive=True)
-    sc.mount_setattr(workdir, 0, sc.MOUNT_ATTR_RDONLY, recursive=False)
+        os.mkdir(new + "/proc")
+        sc.mount("proc", new + "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    sc.mount_setattr(new, sc.MOUNT_ATTR_RDONLY, 0, recursive=False)
 
 
 def _stdlib_entries(stdlib: str) -> list[str]:
-    """The standard library's files and packages, without the third-party packages that may live in it."""
-    return [e.path for e in os.scandir(stdlib) if e.name not in ("site-packages", "dist-packages")]
+    """The standard library's files and packages, without the third-party packages that may live in it
+    (nor links leading out of the mount layer's root, e.g. Debian's sitecustomize.py into /etc)."""
+    return [e.path for e in os.scandir(stdlib)
+            if e.name not in ("site-packages", "dist-packages") and os.path.exists(e.path)]  # fmt: skip
 
 
 def _seccomp_rules(pid: int) -> dict:
     rules: dict = dict.fromkeys(_DENIED)
     for name in ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
         rules[name] = ("allow_if", 0, [pid])  # signals only to itself
-    rules["prlimit64"] = ("allow_if", 0, [0, pid])
-    rules["ioctl"] = ("deny_if", 1, [_TIOCSTI, _TIOCLINUX])
+    # scheduling and limits of itself only (pid 0 means the caller): never slow another process down
+    for name in ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
+        rules[name] = ("allow_if", 0, [0, pid])
+    rules["setpriority"] = [("allow_if", 0, [_PRIO_PROCESS]), ("allow_if", 1, [0, pid])]
+    rules["ioprio_set"] = [("allow_if", 0, [_IOPRIO_WHO_PROCESS]), ("allow_if", 1, [0, pid])]
+    rules["ioctl"] = ("deny_if", 1, [_TIOCSTI, _TIOCLINUX, _FIOSETOWN, _SIOCSPGRP])
+    rules["fcntl"] = ("deny_if", 1, [_F_SETOWN, _F_SETSIG, _F_SETOWN_EX])
     return rules
 
 
@@ -213,7 +274,7 @@ def _isolate(config: dict, layers: list[str]) -> None:
     if "mountns" in layers:
         try:
             owner = (config["uid"], config["uid"]) if config["uid"] >= 0 else (os.getuid(), os.getgid())
-            _mount_layer(workdir, config["hide"], stdlib, "pidns" in layers, config["disk_bytes"], owner)
+            _mount_layer(workdir, stdlib, "pidns" in layers, config["disk_bytes"], owner)
         except OSError:
             layers.remove("mountns")
     _limit(resource.RLIMIT_CPU, config["cpu_s"])
@@ -262,7 +323,6 @@ def main() -> None:
     os.close(status_fd)
     if missing:
         os._exit(REFUSED_EXIT)
-    real_exit = posix._exit
     for module in (os, posix):
         module._exit = _refuse_exit
         module.abort = _refuse_exit
@@ -273,10 +333,11 @@ def main() -> None:
     try:
         exec(code, namespace)
     except SystemExit as exit_:
-        # Exiting early, even with status 0, means the tests after the program never ran.
+        # Exiting early, even with status 0, means the tests after the program never ran. (No exit
+        # that skips the interpreter's shutdown is kept reachable; the status stays the program's
+        # own word all the same: see SandboxResult.)
         sys.stderr.write(f"sandbox: the program called exit({exit_.code!r})\n")
-        sys.stderr.flush()
-        real_exit(3)
+        raise SystemExit(3) from None
     sys.stdout.flush()
 
 

@@ -4,7 +4,8 @@ An RL policy tries anything that raises its reward, and a program it writes may 
 hostile human would. So each program runs in a fresh ``python -I -S`` process (source on stdin,
 never on disk) that, before the program's first line, stacks operating-system layers (see
 ``_sandbox_child.py``): a per-program uid when run as root, or a user namespace otherwise; PID,
-network, mount and IPC namespaces; a read-only root with homes and temporary directories hidden;
+network, mount and IPC namespaces; a minimal read-only root (the interpreter, its libraries and the
+standard library, nothing else of the machine);
 Landlock confining the filesystem to the work directory; a seccomp filter refusing sockets,
 process creation, exec, signals to other processes, ptrace, mounts and namespaces; resource
 limits (CPU, memory, file size, no processes) and a wall-clock kill of the process group. A
@@ -43,7 +44,7 @@ LAYERS = ("userns", "pidns", "netns", "mountns", "ipcns", "landlock", "landlock-
 #: What each protection needs: any one of the alternatives (a set of layers that must all hold).
 ASPECTS: dict[str, tuple[tuple[str, ...], ...]] = {
     # seccomp refuses socket() itself; a network namespace leaves path unix sockets, which the
-    # mount layer hides (with /tmp and /run)
+    # mount layer's minimal root does not contain; it holds nothing of the machine's files either
     "network": (("seccomp",), ("netns", "mountns")),
     "filesystem": (("landlock",), ("mountns",)),
     "signals": (("pidns",), ("seccomp",), ("landlock-scope",), ("uid",)),
@@ -90,6 +91,10 @@ class SandboxLimits:
 class SandboxResult:
     """Outcome of one program: ``passed`` means it ran to the end and exited with status 0 in time.
 
+    ``passed`` and ``returncode`` are the program's own word, not a verdict: a hostile program can
+    always exit with status 0 after failing (e.g. through ``ctypes``), so they only tell an honest
+    program's failure apart; untrusted code is judged by what it reports (as the grader does).
+
     ``pid`` is the program's process (and process-group) id, already killed and reaped.
     ``layers`` are the isolation layers that held; ``network`` the one closing the network
     (``"netns"``, ``"seccomp"`` or ``"audit-hook"``, the last meaning no OS layer did); ``uid``
@@ -127,11 +132,6 @@ def _claim_uid() -> int:
         return uid
 
 
-def _hidden_paths() -> list[str]:
-    """Where secrets and other programs' files live: covered by an empty tmpfs in the mount layer."""
-    return ["/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root", os.path.expanduser("~"), tempfile.gettempdir()]
-
-
 def _requirements(require: Sequence[str]) -> list[list[list[str]]]:
     return [[list(alt) for alt in ASPECTS[name]] if name in ASPECTS else [[name]] for name in require]
 
@@ -162,7 +162,7 @@ def run_program(source: str, limits: SandboxLimits | None = None) -> SandboxResu
         config = {"status_fd": status_w, "workdir": workdir, "uid": uid, "cpu_s": limits.cpu_s,
                   "memory_bytes": limits.memory_mb * 1024 * 1024, "file_bytes": limits.output_bytes,
                   "disk_bytes": limits.disk_mb * 1024 * 1024,
-                  "hide": _hidden_paths(), "skip": list(limits.skip), "require": _requirements(limits.require)}  # fmt: skip
+                  "skip": list(limits.skip), "require": _requirements(limits.require)}  # fmt: skip
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "PYTHONDONTWRITEBYTECODE": "1"}
         argv = [sys.executable, "-I", "-S", _CHILD, json.dumps(config)]
         with open(os.path.join(root, "output.txt"), "w+b") as out:

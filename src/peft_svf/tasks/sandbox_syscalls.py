@@ -41,7 +41,11 @@ _X86_64 = _COMMON | {
     "bpf": 321, "execveat": 322, "userfaultfd": 323, "chmod": 90, "fchmod": 91, "chown": 92, "fchown": 93,
     "lchown": 94, "utime": 132, "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197,
     "lremovexattr": 198, "fremovexattr": 199, "utimes": 235, "fchownat": 260, "futimesat": 261,
-    "fchmodat": 268, "utimensat": 280,
+    "fchmodat": 268, "utimensat": 280, "fcntl": 72, "setpriority": 141, "sched_setparam": 142,
+    "sched_setscheduler": 144, "sched_setaffinity": 203, "ioprio_set": 251, "sched_setattr": 314,
+    "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65, "semctl": 66,
+    "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "semtimedop": 220, "mq_open": 240,
+    "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
 }  # fmt: skip
 _AARCH64 = _COMMON | {
     "ioctl": 29, "mknodat": 33, "umount2": 39, "mount": 40, "pivot_root": 41, "chroot": 51, "vhangup": 58,
@@ -56,7 +60,11 @@ _AARCH64 = _COMMON | {
     "process_vm_writev": 271, "kcmp": 272, "finit_module": 273, "seccomp": 277, "bpf": 280,
     "execveat": 281, "userfaultfd": 282, "kexec_file_load": 294, "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7,
     "removexattr": 14, "lremovexattr": 15, "fremovexattr": 16, "fchmod": 52, "fchmodat": 53, "fchownat": 54,
-    "fchown": 55, "utimensat": 88,
+    "fchown": 55, "utimensat": 88, "fcntl": 25, "ioprio_set": 30, "sched_setparam": 118,
+    "sched_setscheduler": 119, "sched_setaffinity": 122, "setpriority": 140, "sched_setattr": 274,
+    "mq_open": 180, "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184,
+    "mq_getsetattr": 185, "msgget": 186, "msgctl": 187, "msgrcv": 188, "msgsnd": 189, "semget": 190,
+    "semctl": 191, "semtimedop": 192, "semop": 193, "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197,
 }  # fmt: skip
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 MACHINE = os.uname().machine
@@ -200,9 +208,25 @@ def _arg_low(index: int) -> int:
     return 16 + 8 * index + (0 if struct.pack("=H", 1)[0] == 1 else 4)  # low 32 bits of args[index]
 
 
-# A rule: syscall name -> None (always refused), ("allow_if", arg, values) (refused unless the arg's
-# low 32 bits equal one of the values), ("deny_if", arg, values) or ("deny_if_any_bit", arg, mask).
-Rule = tuple[str, int, Sequence[int] | int] | None
+# A check: ("allow_if", arg, values) (refused unless the arg's low 32 bits equal one of the values),
+# ("deny_if", arg, values) or ("deny_if_any_bit", arg, mask). A rule: syscall name -> None (always
+# refused), one check, or a list of checks that must all let the call through.
+Check = tuple[str, int, Sequence[int] | int]
+Rule = Check | list[Check] | None
+
+
+def _check_block(check: Check, deny: bytes) -> list[bytes]:
+    """BPF for one check: jumps to its own ``deny`` when the check refuses, else falls through past it."""
+    kind, arg, values = check
+    load = _insn(_LD_ABS_W, _arg_low(arg))
+    if kind == "deny_if_any_bit":
+        return [load, _insn(_JSET, int(values), jt=0, jf=1), deny]
+    values = list(values)  # type: ignore[arg-type]
+    n = len(values)
+    if kind == "allow_if":  # jeq v_i: on a match jump past the remaining compares and the deny
+        return [load] + [_insn(_JEQ, v, jt=n - i) for i, v in enumerate(values)] + [deny]
+    # deny_if: a match jumps to the deny; no match on the last compare skips it
+    return [load] + [_insn(_JEQ, v, jt=n - 1 - i, jf=1 if i == n - 1 else 0) for i, v in enumerate(values)] + [deny]
 
 
 def seccomp_filter(rules: dict[str, Rule], errno: int = 1) -> bytes:
@@ -225,16 +249,8 @@ def seccomp_filter(rules: dict[str, Rule], errno: int = 1) -> bytes:
         if rule is None:
             body = [deny]
         else:
-            kind, arg, values = rule
-            load = _insn(_LD_ABS_W, _arg_low(arg))
-            if kind == "deny_if_any_bit":
-                body = [load, _insn(_JSET, int(values), jt=0, jf=1), deny, allow]
-            else:
-                values = list(values)  # type: ignore[arg-type]
-                n = len(values)
-                hit, miss = (allow, deny) if kind == "allow_if" else (deny, allow)
-                # jeq v_i: on match jump to `hit` (n - 1 - i compares ahead plus the miss return)
-                body = [load] + [_insn(_JEQ, v, jt=n - i) for i, v in enumerate(values)] + [miss, hit]
+            body = [insn for check in ([rule] if isinstance(rule, tuple) else rule) for insn in _check_block(check, deny)]
+            body.append(allow)
         prog += [_insn(_JEQ, SYSCALLS[name], jf=len(body)), *body]
     prog.append(allow)
     return b"".join(prog)
