@@ -136,13 +136,15 @@ def test_run_programs_keeps_order_and_bounds_workers(monkeypatch):
 
 
 SECCOMP_PROBE = textwrap.dedent("""
-    import ctypes, errno, os, sys
+    import ctypes, errno, fcntl, os, sys
     sys.path.insert(0, sys.argv[1])
+    nice = os.getpriority(0, 0)  # set again: the kernel allows it, only the filter can refuse
     import sandbox_syscalls as sc
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     rules = {"kill": ("allow_if", 0, [os.getpid()]), "prlimit64": ("allow_if", 0, [0, os.getpid()]),
              "ioctl": ("deny_if", 1, [0x5412]), "unshare": ("deny_if_any_bit", 0, sc.CLONE_NEWNET),
-             "socket": None}
+             "socket": None, "fcntl": ("deny_if", 1, [8, 10]),
+             "setpriority": [("allow_if", 0, [0]), ("allow_if", 1, [0])]}
     sc.install_seccomp(sc.seccomp_filter(rules, errno=errno.EACCES))
     def outcome(fn):
         try:
@@ -157,16 +159,22 @@ SECCOMP_PROBE = textwrap.dedent("""
     print(outcome(lambda: os.kill(os.getpid(), 0)), outcome(lambda: os.kill(os.getppid(), 0)),
           outcome(lambda: os.kill(-1, 0)), outcome(lambda: sc.unshare(0)), outcome(lambda: sc.unshare(sc.CLONE_NEWNET)),
           outcome(lambda: ioctl(0x5412)), outcome(lambda: ioctl(0x5413)),
-          outcome(lambda: __import__("resource").getrlimit(7)), outcome(lambda: __import__("socket").socket()))
+          outcome(lambda: __import__("resource").getrlimit(7)), outcome(lambda: __import__("socket").socket()),
+          outcome(lambda: fcntl.fcntl(0, fcntl.F_GETFL)), outcome(lambda: fcntl.fcntl(0, 8, os.getpid())),
+          outcome(lambda: fcntl.fcntl(0, 10, 0)), outcome(lambda: os.setpriority(0, 0, nice)),
+          outcome(lambda: os.setpriority(0, os.getpid(), nice)), outcome(lambda: os.setpriority(1, 0, nice)))
 """)  # fmt: skip
 
 
 def test_seccomp_filter_compiles_each_kind_of_rule():
     """Each rule kind in a real filter (with a distinctive errno): signals only to itself, an ioctl
-    request refused while another passes, a flag bit refused while no flags pass, a syscall refused."""
+    request refused while another passes, a flag bit refused while no flags pass, a syscall refused,
+    fcntl commands refused while another passes, and a list of checks (setpriority only for
+    PRIO_PROCESS 0) refusing when either check fails."""
     done = subprocess.run([sys.executable, "-I", "-c", SECCOMP_PROBE, os.path.dirname(sandbox_syscalls.__file__)],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    assert done.stdout.split() == ["ok", "EACCES", "EACCES", "ok", "EACCES", "EACCES", "ok", "ok", "EACCES"]
+    assert done.stdout.split() == ["ok", "EACCES", "EACCES", "ok", "EACCES", "EACCES", "ok", "ok", "EACCES",
+                                   "ok", "EACCES", "EACCES", "ok", "EACCES", "EACCES"]
 
 
 def test_landlock_confines_reads_and_writes_to_the_granted_paths(tmp_path):
