@@ -238,7 +238,8 @@ def snapshot_module_tree(*roots: nn.Module) -> ModuleTreeSnapshot:
                     continue
                 seen.add(id(owner))
                 attributes = dict(owner.__dict__)
-                contents = {k: _contents(v) for k, v in attributes.items() if _contents(v) is not None}
+                copies = {k: _contents(v) for k, v in attributes.items()}
+                contents = {k: copy for k, copy in copies.items() if copy is not None}
                 snapshot.attributes.append((owner, attributes, contents))
             for param in module._parameters.values():
                 if param is not None and id(param) not in seen:
