@@ -3,7 +3,7 @@
 Run as a script (``python tests/kill_during_save.py OUT_DIR --tries 20 [--legacy-tries 20]``), it
 prints one JSON object. The driver imports the training stack once and forks every training process from
 itself (it never trains, so the fork carries no thread pools); each child trains the tiny Llama of
-``test_trainer_fixtures`` with ``save_steps=1``, resuming with ``resume_from_checkpoint=True`` from
+``trainer_fixtures`` with ``save_steps=1``, resuming with ``resume_from_checkpoint=True`` from
 whatever a killed predecessor left. The legacy mode uses transformers' own ``Trainer._save_checkpoint`` and
 ``Trainer.train``, which is what SVFTrainer did before its checkpoints were atomic.
 """
@@ -28,7 +28,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import safe_globals
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_trainer_fixtures import make_trainer, prompts
+from trainer_fixtures import make_trainer, prompts
 
 SETTINGS = {
     "per_device_train_batch_size": 4,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from adaptive_helpers import EXPERTS, WORDS, tiny_experts
 from peft_svf.adaptive import SelfAdaptiveModel, train_classification_expert
 from tasks_tiny_lm import tiny_chat_lm
-from test_adaptive_helpers import EXPERTS, WORDS, tiny_experts
 
 
 def test_train_classification_expert_saves_a_loadable_z_c(tmp_path):

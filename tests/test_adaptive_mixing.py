@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adaptive_helpers import EXPERTS, tiny_experts
 from peft_svf.adaptive import BASE, mix_svf_adapters, temporary_mixtures
 from peft_svf.adaptive.mixing import svf_layers
-from test_adaptive_helpers import EXPERTS, tiny_experts
 
 
 def reference_output(layer, x, alpha, parameterization, init_value=0.1):

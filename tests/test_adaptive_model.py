@@ -8,6 +8,15 @@ import pytest
 import torch
 from peft import PeftModel
 
+from adaptive_helpers import (
+    EXPERTS,
+    WORDS,
+    ScriptedDispatcher,
+    assert_same_state,
+    one_hot,
+    snapshot,
+    tiny_experts,
+)
 from peft_svf.adaptive import (
     DispatchDecision,
     PromptDispatcher,
@@ -21,15 +30,6 @@ from peft_svf.adaptive.generation import greedy_texts, last_token_logits, shared
 from peft_svf.adaptive.prompts import questions_from_ids, render
 from peft_svf.tasks import evaluate, generate_completions
 from tasks_tiny_lm import tiny_chat_lm
-from test_adaptive_helpers import (
-    EXPERTS,
-    WORDS,
-    ScriptedDispatcher,
-    assert_same_state,
-    one_hot,
-    snapshot,
-    tiny_experts,
-)
 
 QUESTIONS = ["what is two plus three", "write a function", "which letter is the largest", "the answer"]
 GREEDY = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}

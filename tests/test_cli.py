@@ -22,7 +22,7 @@ from peft_svf import SVFConfig
 from peft_svf.cli import main
 from peft_svf.cli.common import REWARDS
 from peft_svf.tasks import Task, evaluate, register_task
-from test_trainer_fixtures import adapter_config, prompts, starts_with, tiny_llama, tiny_tokenizer
+from trainer_fixtures import adapter_config, prompts, starts_with, tiny_llama, tiny_tokenizer
 
 TOY_TASK = "toy_cli_starts_with_e"
 COMMANDS = {

@@ -19,7 +19,7 @@ from peft_svf import SVFConfig
 from peft_svf.cli import main
 from peft_svf.hub import CARD_TAGS, EMBEDDED_HUB_ID, expert_model_card, hub_base_model, push_expert_to_hub
 from peft_svf.tasks import Task, register_task
-from test_trainer_fixtures import make_trainer, starts_with, tiny_llama, tiny_tokenizer
+from trainer_fixtures import make_trainer, starts_with, tiny_llama, tiny_tokenizer
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 RESULTS = {

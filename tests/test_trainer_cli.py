@@ -11,7 +11,7 @@ from datasets import Dataset
 from peft_svf.cli import main as cli_main
 from peft_svf.tasks import Task, register_task
 from peft_svf.trainer.__main__ import main
-from test_trainer_fixtures import prompts, starts_with, tiny_llama, tiny_tokenizer
+from trainer_fixtures import prompts, starts_with, tiny_llama, tiny_tokenizer
 
 
 def _toy_split(split: str) -> Dataset:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from test_trainer_fixtures import adapter_state, make_trainer, prompts
+from trainer_fixtures import adapter_state, make_trainer, prompts
 
 STEPS = 4
 

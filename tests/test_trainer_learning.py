@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from peft_svf.tasks import RewardError
 from peft_svf.trainer import SVFTrainer, SVFTrainingConfig
-from test_trainer_fixtures import (
+from trainer_fixtures import (
     adapter_config,
     adapter_state,
     make_trainer,

@@ -10,7 +10,7 @@ from transformers import GenerationConfig
 from peft_svf.trainer import SVFTrainingConfig
 from peft_svf.trainer.objective import aggregate_per_sequence, completion_mask, compute_advantages, token_kl
 from peft_svf.trainer.sampling import GumbelNoiseProcessor, sample_key, seeded_sampling_processors
-from test_trainer_fixtures import tiny_llama, tiny_tokenizer
+from trainer_fixtures import tiny_llama, tiny_tokenizer
 
 EOS = 0  # also the pad token, as in SmolLM2
 
@@ -123,7 +123,7 @@ def test_config_rejects_group_baselines_without_several_generations(tmp_path):
 
 @pytest.mark.parametrize("kl_coef", [0.0, 0.2])
 def test_loss_equals_equation_one_against_a_separate_base_model(tmp_path, kl_coef):
-    from test_trainer_fixtures import make_trainer, prompts
+    from trainer_fixtures import make_trainer, prompts
 
     trainer = make_trainer(str(tmp_path), kl_coef=kl_coef, temperature=0.7, max_completion_length=5)
     model = trainer.model

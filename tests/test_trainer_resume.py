@@ -19,7 +19,7 @@ from datasets import Dataset
 
 from peft_svf.trainer import SVFTrainer
 from peft_svf.trainer.checkpoints import checkpoint_problems
-from test_trainer_fixtures import adapter_state, make_trainer, prompts
+from trainer_fixtures import adapter_state, make_trainer, prompts
 
 SETTINGS = {
     "max_steps": 6,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from test_trainer_fixtures import adapter_config, adapter_state, prompts, tiny_llama, tiny_tokenizer
 from test_trl_trainers import assert_trained_and_reloads
+from trainer_fixtures import adapter_config, adapter_state, prompts, tiny_llama, tiny_tokenizer
 
 
 def test_svf_adapter_trains_with_next_token_prediction(tmp_path):

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from trl.generation.vllm_generation import VLLMGeneration
 
 from peft_svf import SVFConfig
-from test_trainer_fixtures import (
+from trainer_fixtures import (
     adapter_config,
     adapter_state,
     prompts,
