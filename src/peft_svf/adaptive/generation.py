@@ -78,7 +78,7 @@ def weights_carrying(model: PeftModel, name: str) -> Iterator[None]:
                 base = layer.get_base_layer()
                 originals.append((base.weight, base.weight.data))
                 weight = layer.dense_weight().detach()
-                layer.write_dense_weight(weight + layer.get_delta_weight(name).to(weight.dtype))
+                layer.write_dense_weight(weight + layer.delta_matrix([name]).to(weight.dtype))
         with model.disable_adapter():
             yield
     finally:

@@ -182,9 +182,19 @@ class SVFLayer(BaseTunerLayer):
         """``U diag(singular_values) V^T`` in the factors' dtype, (out_features, in_features)."""
         return (self.svf_U * singular_values.to(self.svf_U.dtype)) @ self.svf_Vh
 
+    def delta_matrix(self, adapter_names: list[str]) -> torch.Tensor:
+        """Dense change ``W' - W`` for these adapters together, (out_features, in_features) for every base."""
+        return self._compose(self.singular_value_change(adapter_names))
+
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        """Dense change ``W' - W`` for one adapter, (out_features, in_features)."""
-        return self._compose(self.singular_value_change([adapter_name]))
+        """``W' - W`` for one adapter in the base weight's own layout (in x out for ``Conv1D``), PEFT's
+        convention: ``convert_to_lora`` transposes its factors back for ``Conv1D``."""
+        delta = self.delta_matrix([adapter_name])
+        return delta.T if isinstance(self.get_base_layer(), Conv1D) else delta
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """SVF is additive, ``W' = W + get_delta_weight``, so PEFT's ``convert_to_lora`` applies."""
+        return True
 
     # -- merging ----------------------------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -198,7 +208,7 @@ class SVFLayer(BaseTunerLayer):
                 merged = self._compose(self.adapted_singular_values([*self.merged_adapters, name]))
             else:
                 weight = self.dense_weight().detach()
-                merged = weight + self.get_delta_weight(name).to(weight.dtype)
+                merged = weight + self.delta_matrix([name]).to(weight.dtype)
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(
                     f"NaNs detected in the merged weights. The adapter {name!r} seems to be broken."
@@ -216,7 +226,7 @@ class SVFLayer(BaseTunerLayer):
             name = self.merged_adapters.pop()
             if not self.frees_base_weight:
                 weight = self.dense_weight().detach()
-                self.write_dense_weight(weight - self.get_delta_weight(name).to(weight.dtype))
+                self.write_dense_weight(weight - self.delta_matrix([name]).to(weight.dtype))
         if self.frees_base_weight:
             self._free_base_weight()
 
