@@ -194,6 +194,19 @@ def test_unsupported_module_type_is_named():
         get_peft_model(make_tiny_llama(), SVFConfig(target_modules=["embed_tokens"]))
 
 
+def test_quantised_base_that_cannot_be_dequantised_is_refused(monkeypatch):
+    """A forward-only backend (GPTQ, AWQ...) gives no weight to decompose: the module is named, not wrapped."""
+    import peft_svf.svf.model as svf_model
+    from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
+
+    def gptq_for_q_proj(base, **kwargs):
+        return ForwardOnlyQuantizationBackend("gptq") if base.out_features == 32 else None
+
+    monkeypatch.setattr(svf_model, "resolve_quantization_backend", gptq_for_q_proj)
+    with pytest.raises(ValueError, match=r"layers\.0\.self_attn\.q_proj.*dequantises"):
+        get_peft_model(make_tiny_llama(), SVFConfig(target_modules=["q_proj"]))
+
+
 def test_adapter_for_another_base_is_refused_with_shapes(tmp_path):
     get_peft_model(make_tiny_llama(hidden=48), SVFConfig()).save_pretrained(tmp_path / "wide")
     with pytest.raises(ValueError, match=r"q_proj'.*shape \(48,\).*needs \(32,\)"):

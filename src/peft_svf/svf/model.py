@@ -14,7 +14,8 @@ from functools import partial
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import get_quantization_kwargs, resolve_quantization_backend
 from peft.utils.constants import (
     CONFIG_NAME,
     INCLUDE_LINEAR_LAYERS_SHORTHAND,
@@ -24,9 +25,10 @@ from peft.utils.constants import (
 from safetensors import SafetensorError
 from torch import nn
 from transformers import PretrainedConfig
+from transformers.pytorch_utils import Conv1D
 
 from .config import SVFConfig
-from .layer import SVFLayer, dispatch_default
+from .layer import Linear, SVFLayer
 
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -53,6 +55,24 @@ TRANSFORMERS_MODELS_TO_SVF_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
     "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
     "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
 }
+
+
+_SUPPORTED = (
+    "torch.nn.Linear, transformers' Conv1D and linear layers quantised with a backend that dequantises "
+    "(bitsandbytes 4/8-bit, HQQ, torchao)"
+)
+
+
+def _get_tuner_layer_class(base: nn.Module, **kwargs: Any) -> type[SVFLayer] | None:
+    """The SVF layer class for this base module, or None (as VeRA's ``_get_tuner_layer_class``).
+
+    SVF decomposes the weight, so a quantised base needs a backend that can dequantise it (PEFT's
+    ``supports_merge``); forward-only ones (GPTQ, AWQ, EETQ...) cannot be decomposed.
+    """
+    backend = resolve_quantization_backend(base, **kwargs)
+    if backend is None:
+        return Linear if isinstance(base, (nn.Linear, Conv1D)) else None
+    return Linear if backend.supports_merge and backend.layer_type == "linear" else None
 
 
 class SVFModel(BaseTuner):
@@ -94,10 +114,26 @@ class SVFModel(BaseTuner):
         if isinstance(target, SVFLayer):
             target.update_layer(adapter_name, svf_config)
             return
-        new_module = dispatch_default(target, adapter_name, svf_config, current_key)
+        new_module = self._create_new_module(
+            svf_config, adapter_name, target, current_key, **get_quantization_kwargs(self.model)
+        )
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added adapter is not trainable until set active
         self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _create_new_module(
+        svf_config: SVFConfig, adapter_name: str, target: nn.Module, module_name: str, **kwargs: Any
+    ) -> SVFLayer:
+        """Wrap ``target`` in the SVF layer for its type, or explain which types are supported."""
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        layer_cls = _get_tuner_layer_class(base, **kwargs)
+        if layer_cls is None:
+            raise ValueError(
+                f"SVF cannot adapt module {module_name!r} of type {type(base).__name__}: it supports {_SUPPORTED}. "
+                "Narrow `target_modules` (or use `exclude_modules`)."
+            )
+        return layer_cls(target, adapter_name, svf_config, **kwargs)
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
@@ -380,7 +416,9 @@ def make_loads_transactional(peft_model_cls: type) -> None:
             return from_pretrained(cls, model, model_id, *args, **kwargs)
 
     @functools.wraps(load_adapter)
-    def transactional_load_adapter(self: nn.Module, model_id: Any, adapter_name: str, *args: Any, **kwargs: Any):
+    def transactional_load_adapter(
+        self: nn.Module, model_id: Any, adapter_name: str, *args: Any, **kwargs: Any
+    ):
         from .registration import SVF_PEFT_TYPE
 
         if adapter_name in self.peft_config or self.peft_type != SVF_PEFT_TYPE:
