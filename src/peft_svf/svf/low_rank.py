@@ -8,9 +8,15 @@ of a dense SVD of ``Δ``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+from peft import LoraConfig
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .layer import SVFLayer
 
 
 class LoraFactors(NamedTuple):
@@ -77,3 +83,82 @@ def truncated_factors(
         rank=int(indices.numel()),
         energy=energy_share(change, indices),
     )
+
+
+# vLLM's largest ``max_lora_rank`` (``MaxLoRARanks`` in vllm/config/lora.py); a served adapter's r must not exceed it.
+VLLM_MAX_LORA_RANK = 512
+_MODEL_PREFIX = "base_model.model."
+
+
+@dataclass
+class LoraExport:
+    """An SVF adapter as a PEFT LoRA checkpoint: its config, its state dict (PEFT's saved key names), and
+    per layer the rank kept and the share of the change's energy it carries."""
+
+    config: LoraConfig
+    state_dict: dict[str, torch.Tensor]
+    ranks: dict[str, int] = field(default_factory=dict)
+    energy: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mean_energy(self) -> float:
+        return sum(self.energy.values()) / max(len(self.energy), 1)
+
+
+def svf_to_lora(
+    model: nn.Module,
+    adapter_name: str,
+    rank_or_energy: int | float,
+    max_rank: int | None = VLLM_MAX_LORA_RANK,
+    dtype: torch.dtype | None = None,
+) -> LoraExport:
+    """The exact truncation of adapter ``adapter_name`` of an SVF ``PeftModel`` as LoRA (scaling 1).
+
+    Like PEFT's ``convert_to_lora``, but each layer's factors come from its own decomposition (no dense
+    SVD), and the layout is one vLLM serves: ``lora_alpha = r``, per-layer ranks in ``rank_pattern`` with
+    equal ``alpha_pattern`` (so every layer's scaling, and vLLM's single ``lora_alpha / r``, is 1). A rank
+    above ``max_rank`` (vLLM's 512 by default; ``None`` for no cap) is refused, not silently cut.
+    """
+    peft_config = model.peft_config[adapter_name]
+    if getattr(peft_config, "modules_to_save", None):
+        raise ValueError(
+            f"adapter {adapter_name!r} has modules_to_save={peft_config.modules_to_save}: a LoRA export "
+            "carries only the low-rank changes (and vLLM refuses modules_to_save)"
+        )
+    state_dict: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    energy: dict[str, float] = {}
+    conv1d: list[bool] = []
+    for name, layer in model.named_modules():
+        if not isinstance(layer, SVFLayer) or adapter_name not in layer.svf_vector:
+            continue
+        module = name.removeprefix(_MODEL_PREFIX)
+        with torch.no_grad():
+            factors = truncated_factors(
+                layer.svf_U, layer.singular_value_change([adapter_name]), layer.svf_Vh, rank_or_energy, dtype
+            )
+        if max_rank is not None and factors.rank > max_rank:
+            raise ValueError(
+                f"{module} would get rank {factors.rank}, above vLLM's max_lora_rank {max_rank}; choose "
+                f"--lora-rank {max_rank} or less, or a lower --lora-energy (or lift the cap for PEFT-only use)"
+            )
+        state_dict[f"{_MODEL_PREFIX}{module}.lora_A.weight"] = factors.lora_A
+        state_dict[f"{_MODEL_PREFIX}{module}.lora_B.weight"] = factors.lora_B
+        ranks[module], energy[module] = factors.rank, factors.energy
+        conv1d.append(isinstance(layer.get_base_layer(), Conv1D))
+    if not ranks:
+        raise ValueError(f"no SVF layer of the model holds adapter {adapter_name!r}")
+    r = max(ranks.values())
+    others = {module: rank for module, rank in ranks.items() if rank != r}
+    config = LoraConfig(
+        r=r,
+        lora_alpha=r,
+        target_modules=sorted(ranks),
+        rank_pattern=others,
+        alpha_pattern=dict(others),
+        fan_in_fan_out=all(conv1d),
+        base_model_name_or_path=peft_config.base_model_name_or_path,
+        revision=peft_config.revision,
+        task_type=peft_config.task_type,
+    )
+    return LoraExport(config=config, state_dict=state_dict, ranks=ranks, energy=energy)
