@@ -131,3 +131,39 @@ def test_mixing_errors():
         mix_svf_adapters(model, {"math": {"model.layers.0.mlp.up_proj": 1.0}}, "x")
     with pytest.raises(ValueError, match="non-negative"):
         mix_svf_adapters(model, {"math": 1.0, "code": -0.5}, "x")
+
+
+@pytest.mark.parametrize("parameterization", ["official", "scale"])
+def test_add_weighted_adapter_mixes_per_layer_and_whole_weights_with_the_base(parameterization, tmp_path):
+    """PEFT's signature on the tuner: scalar and per-module weights side by side, "__base__" as identity."""
+    model, _ = tiny_experts(parameterization)
+    modules = list(svf_layers(model))
+    per_layer = {m: 0.1 + i / len(modules) for i, m in enumerate(modules)}
+    model.add_weighted_adapter(["math", "code", BASE], [0.6, per_layer, 0.25], "mixed")
+    alpha = {"math": 0.6, "code": per_layer, BASE: 0.25}
+    check_layers(model, "mixed", alpha, parameterization)
+    config = model.peft_config["mixed"]
+    assert config.parameterization == parameterization and config.inference_mode
+    assert set(config.target_modules) == set(modules)
+    # saved and loaded like any expert, onto a fresh copy of the same base
+    model.save_pretrained(tmp_path, selected_adapters=["mixed"])
+    fresh, _ = tiny_experts(parameterization)
+    fresh.load_adapter(tmp_path / "mixed", adapter_name="mixed")
+    ids = torch.arange(12).reshape(2, 6) % 20
+    with torch.no_grad():
+        model.set_adapter("mixed")
+        fresh.set_adapter("mixed")
+        assert torch.equal(model(ids).logits, fresh(ids).logits)
+
+
+def test_add_weighted_adapter_argument_errors():
+    model, _ = tiny_experts()
+    with pytest.raises(ValueError, match="one weight per distinct adapter"):
+        model.add_weighted_adapter(["math", "code"], [1.0], "x")
+    with pytest.raises(ValueError, match="one weight per distinct adapter"):
+        model.add_weighted_adapter(["math", "math"], [1.0, 0.5], "x")
+    with pytest.raises(ValueError, match="besides the base"):
+        model.add_weighted_adapter([BASE], [1.0], "x")
+    with pytest.raises(ValueError, match="exists already"):
+        model.add_weighted_adapter(["math"], [1.0], BASE)
+    assert "x" not in model.peft_config

@@ -19,7 +19,7 @@ from .dispatch import (
     SoftPromptDispatcher,
     dispatch_confusion,
 )
-from .mixing import BASE, mix_svf_adapters, mixture_vectors, temporary_mixtures
+from .mixing import BASE, mix_svf_adapters, temporary_mixtures
 from .model import SelfAdaptiveModel
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "dispatch_confusion",
     "evaluate_population",
     "mix_svf_adapters",
-    "mixture_vectors",
     "temporary_mixtures",
     "train_classification_expert",
 ]

@@ -1,4 +1,4 @@
-"""SVF tuner layers: a dense ``Linear`` (also GPT-2's ``Conv1D``); quantised bases live in ``bnb.py``.
+"""SVF's tuner layer ``Linear``: ``torch.nn.Linear``, GPT-2's ``Conv1D`` and quantised linear bases.
 
 A layer holds one decomposition ``W = U diag(s) V^T`` of its base weight, shared by all its adapters, and
 one vector per adapter. Adapter ``k`` turns ``s`` into ``s * g_k`` (see ``SVFConfig``); several active
@@ -6,7 +6,10 @@ adapters add their changes, ``s' = s + sum_k s * (g_k - 1)``, like stacked LoRA 
 one after another gives the same weight as using them together.
 
 The adapted output is computed as ``W x + U ((s' - s) * (V^T x))``. Keeping the change separate from ``W``
-makes a fresh adapter reproduce the base exactly, and lets the same code serve quantised bases.
+makes a fresh adapter reproduce the base exactly, and lets the same code serve quantised bases: as in
+PEFT's VeRA and OFT, a quantised base (bitsandbytes, HQQ, torchao) gets PEFT's ``quantization_backend``,
+which dequantises its weight for the decomposition and quantises it again on merge (which rounds: prefer
+unmerged inference on quantised bases).
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from peft.utils import quantization_extra_repr, resolve_quantization_backend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import SVFConfig
 from .decomposition import decompose
 
-_SUPPORTED = "torch.nn.Linear, transformers' Conv1D and bitsandbytes Linear4bit / Linear8bitLt"
+# The adapter name that stands for no adapter at all: a mixed batch's base rows, a mixture's identity share.
+BASE = "__base__"
 
 
 def initial_vector(config: SVFConfig, rank: int) -> torch.Tensor:
@@ -39,6 +44,21 @@ def initial_vector(config: SVFConfig, rank: int) -> torch.Tensor:
     return vector
 
 
+def official_mask(vector: torch.Tensor, max_mult: float) -> torch.Tensor:
+    """The authors' bounded mask ``sigmoid(p) * max_mult`` (float64)."""
+    return torch.sigmoid(vector.double()) * max_mult
+
+
+def mass_preserving_gain(mask: torch.Tensor, singular_values: torch.Tensor) -> torch.Tensor:
+    """``mask`` renormalised so that the total singular-value mass is unchanged (float64).
+
+    In float64 so that a uniform mask gives exactly 1 after rounding back: a fresh adapter then changes
+    nothing (in float32 the sums' rounding alone moved SmolLM2's logits by ~1e-4).
+    """
+    s = singular_values.double()
+    return mask * (s.sum() / (s * mask).sum())
+
+
 def singular_value_gain(
     vector: torch.Tensor, singular_values: torch.Tensor, parameterization: str, max_mult: float
 ) -> torch.Tensor:
@@ -46,12 +66,7 @@ def singular_value_gain(
     vector = vector.float()
     if parameterization == "scale":
         return vector
-    # The authors' form: a bounded mask, renormalised so the total singular-value mass is unchanged.
-    # Normalised in float64 so that a uniform mask gives exactly 1 after rounding back: a fresh adapter
-    # then changes nothing (in float32 the sums' rounding alone moved SmolLM2's logits by ~1e-4).
-    mask = torch.sigmoid(vector.double()) * max_mult
-    s = singular_values.double()
-    return (mask * (s.sum() / (s * mask).sum())).float()
+    return mass_preserving_gain(official_mask(vector, max_mult), singular_values).float()
 
 
 def prefer_recompose(
@@ -76,14 +91,37 @@ def prefer_recompose(
     return recompose < factored
 
 
+def _keep_standard_4bit_layout(base: nn.Module) -> None:
+    """Undo and switch off bitsandbytes' CPU repacking of a 4-bit weight (a no-op for any other layer).
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight at its first no-grad eval forward;
+    dequantising the repacked weight gives wrong values (the SVD would be of another matrix), and
+    backward through it gives no input gradient. SVF needs both, so the repacking is undone and off.
+    """
+    if not getattr(base, "support_avx512bf16_for_cpu", False):
+        return
+    base.support_avx512bf16_for_cpu = False
+    weight = base.weight
+    if getattr(weight.quant_state, "packing_format_for_cpu", False):
+        from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+            weight.data, weight.quant_state
+        )
+
+
 class SVFLayer(BaseTunerLayer):
-    """Mixin with the SVF state and maths; subclasses say how to read and write the base weight."""
+    """The SVF state and maths; the base weight is read and written through PEFT's quantisation backend."""
 
     adapter_layer_names = ("svf_vector",)
     other_param_names = ("svf_parameterization", "svf_max_mult")
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
+        self.quantization_backend = resolve_quantization_backend(
+            self.get_base_layer(), get_apply_tensor_subclass=kwargs.get("get_apply_tensor_subclass")
+        )
+        _keep_standard_4bit_layout(self.get_base_layer())
         self.svf_vector = nn.ParameterDict({})
         self.svf_parameterization: dict[str, str] = {}
         self.svf_max_mult: dict[str, float] = {}
@@ -92,30 +130,35 @@ class SVFLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
-        self.in_features, self.out_features = self._base_features()
+        self.in_features, self.out_features = _get_in_out_features(self.get_base_layer())
         self.rank = min(self.in_features, self.out_features)
 
-    # -- base weight access (overridden for quantised bases) ------------------------------------------
-    def _base_features(self) -> tuple[int, int]:
-        base = self.get_base_layer()
-        if isinstance(base, Conv1D):
-            in_features, out_features = base.weight.shape
-            return in_features, out_features
-        return base.in_features, base.out_features
-
+    # -- base weight access -----------------------------------------------------------------------------
     def dense_weight(self) -> torch.Tensor:
-        """The base weight as an (out_features, in_features) matrix."""
+        """The base weight as an (out_features, in_features) matrix (dequantised to float32 if quantised)."""
+        if self.quantization_backend is not None:
+            return self.get_base_weight().float()
         base = self.get_base_layer()
         return base.weight.T if isinstance(base, Conv1D) else base.weight
 
     def write_dense_weight(self, matrix: torch.Tensor) -> None:
         """Store an (out_features, in_features) matrix as the base weight (shape may change if W was freed)."""
+        if self.quantization_backend is not None:
+            self.set_base_weight(matrix.contiguous())
+            return
         base = self.get_base_layer()
         data = matrix.T if isinstance(base, Conv1D) else matrix
         base.weight.data = data.contiguous().to(base.weight.dtype)
 
     def _compute_dtype(self) -> torch.dtype:
-        return self.get_base_layer().weight.dtype
+        """The dtype the base computes in: a quantised weight's storage dtype (int8, uint8) is not one."""
+        base = self.get_base_layer()
+        candidates = (
+            getattr(base, "compute_dtype", None),
+            getattr(getattr(base, "weight", None), "dtype", None),
+        )
+        floats = [d for d in candidates if isinstance(d, torch.dtype) and d.is_floating_point]
+        return floats[0] if floats else torch.float32
 
     # -- adapters ---------------------------------------------------------------------------------------
     def update_layer(self, adapter_name: str, config: SVFConfig, **kwargs: Any) -> None:
@@ -126,22 +169,78 @@ class SVFLayer(BaseTunerLayer):
                 f"SVF adapter {adapter_name!r} on a rank-1 weight ({self.out_features} x {self.in_features}): the "
                 "official mask keeps the singular-value mass, so it cannot change this layer; use 'scale'."
             )
-        self.svf_vector[adapter_name] = nn.Parameter(initial_vector(config, self.rank))
-        self.svf_parameterization[adapter_name] = config.parameterization
-        self.svf_max_mult[adapter_name] = config.max_mult
+        self.set_vector(
+            adapter_name, initial_vector(config, self.rank), config.parameterization, config.max_mult
+        )
         # PEFT's convention: the base layer's device and float dtype; PeftModel then upcasts float16/bfloat16
         # to float32 unless autocast_adapter_dtype=False. The gain is computed in float32 either way.
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
+    def set_vector(
+        self,
+        adapter_name: str,
+        vector: torch.Tensor,
+        parameterization: str,
+        max_mult: float,
+        requires_grad: bool = True,
+    ) -> None:
+        """Hold ``vector`` as adapter ``adapter_name`` of this layer (on the factors' device)."""
+        self.svf_vector[adapter_name] = nn.Parameter(
+            vector.to(self.svf_S.device), requires_grad=requires_grad
+        )
+        self.svf_parameterization[adapter_name] = parameterization
+        self.svf_max_mult[adapter_name] = max_mult
+
+    def weighted_mixture(
+        self, weights: dict[str, float], parameterization: str, max_mult: float, identity: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vector, exact float64 gain) of the ``weights`` mixture of this layer's adapters (paper 3.2 C).
+
+        ``BASE`` is the identity vector (``identity``: official ``init_value``, scale 1). ``"scale"`` mixes
+        literally, ``z' = sum_k w_k z_k``. ``"official"`` mixes as the authors do, in mask space:
+        ``m' = sum_k w_k sigmoid(p_k) max_mult_k / sum_k w_k``, renormalised like every official gain (which
+        makes the division by ``sum_k w_k`` free), stored as ``p' = logit(m' / max_mult)``; one expert alone
+        at any weight is that expert, copied bit for bit. All-zero weights give the identity.
+        """
+        nonzero = {name: weight for name, weight in weights.items() if weight != 0.0}
+        missing = [name for name in nonzero if name != BASE and name not in self.svf_vector]
+        if missing:
+            raise ValueError(f"experts {missing} do not adapt every layer the others adapt; cannot mix them")
+
+        def vector_of(name: str) -> torch.Tensor:
+            if name == BASE:
+                return torch.full_like(self.svf_S, identity, dtype=torch.float64)
+            return self.svf_vector[name].detach().double()
+
+        if parameterization == "scale":
+            if sum(weights.values()) == 0.0:
+                mixed = torch.ones_like(self.svf_S, dtype=torch.float64)
+            else:
+                mixed = sum(weight * vector_of(name) for name, weight in nonzero.items())
+            return mixed.float(), mixed
+        if any(weight < 0 for weight in nonzero.values()):
+            raise ValueError(f"official mixtures need non-negative weights, got {weights}")
+        if not nonzero:
+            return torch.full_like(self.svf_S, identity), torch.ones_like(self.svf_S, dtype=torch.float64)
+        (first, _), total = next(iter(nonzero.items())), sum(nonzero.values())
+        if len(nonzero) == 1 and first != BASE and self.svf_max_mult[first] == max_mult:
+            vector = self.svf_vector[first].detach().float().clone()
+            return vector, mass_preserving_gain(official_mask(vector, max_mult), self.svf_S)
+        mask = sum(
+            (weight / total) * official_mask(vector_of(name), self.svf_max_mult.get(name, max_mult))
+            for name, weight in nonzero.items()
+        )
+        ratio = mask / max_mult
+        return torch.log(ratio / (1 - ratio)).float(), mass_preserving_gain(mask, self.svf_S)
+
     def _decompose(self, config: SVFConfig) -> None:
         """Decompose once per layer; later adapters reuse the factors (an expert adds only its vector)."""
         matrix = self.dense_weight().detach()
         factors = decompose(matrix, config.svd_dtype, config.svd_cache_dir, config.svd_cache)
-        # config.factors_dtype is validated (a float dtype name); a quantised base's storage dtype is not one.
-        factors_dtype = getattr(torch, config.factors_dtype) if config.factors_dtype else self._compute_dtype()
-        if not factors_dtype.is_floating_point:
-            factors_dtype = torch.float32
+        factors_dtype = (
+            getattr(torch, config.factors_dtype) if config.factors_dtype else self._compute_dtype()
+        )
         # Non-persistent: the factors are derived from the base weight, never saved with the adapter.
         self.register_buffer("svf_U", factors.U.to(factors_dtype).contiguous(), persistent=False)
         self.register_buffer("svf_S", factors.S.float(), persistent=False)
@@ -152,7 +251,7 @@ class SVFLayer(BaseTunerLayer):
 
     def _free_base_weight(self) -> None:
         base = self.get_base_layer()
-        if type(base) not in (nn.Linear, Conv1D):
+        if self.quantization_backend is not None:
             warnings.warn(
                 "keep_base_weight=False only applies to dense layers; keeping the quantised weight."
             )
@@ -281,7 +380,13 @@ class SVFLayer(BaseTunerLayer):
         return self.get_base_layer()(x) + self._factored(x, change).to(x.dtype)
 
     def _forward_with_dense_change(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
-        """``(W + U diag(change) V^T) x``, the weight built in one fused ``addmm`` (or from factors if freed)."""
+        """``(W + U diag(change) V^T) x``, the weight built in one fused ``addmm`` (or from factors if freed).
+
+        A quantised ``W`` cannot be added to: there the dense change goes beside the base's own output.
+        """
+        if self.quantization_backend is not None:
+            delta = self._compose(change)
+            return self.get_base_layer()(x) + F.linear(x.to(delta.dtype), delta).to(x.dtype)
         if self.frees_base_weight:
             weight = self._compose(self.svf_S + change)
             return self._plus_bias(F.linear(x.to(weight.dtype), weight))
@@ -334,7 +439,7 @@ class SVFLayer(BaseTunerLayer):
 
 
 class Linear(nn.Module, SVFLayer):
-    """SVF on ``torch.nn.Linear`` or transformers' ``Conv1D`` (weight stored transposed)."""
+    """SVF on ``torch.nn.Linear``, transformers' ``Conv1D`` (weight stored transposed) or a quantised linear."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: SVFConfig, **kwargs: Any) -> None:
         super().__init__()
@@ -344,18 +449,5 @@ class Linear(nn.Module, SVFLayer):
 
     forward = SVFLayer.svf_forward
 
-
-def dispatch_default(target: nn.Module, adapter_name: str, config: SVFConfig, module_name: str) -> nn.Module:
-    """Wrap ``target`` in the SVF layer for its type, or explain which types are supported."""
-    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-    from .bnb import dispatch_bnb
-
-    quantized = dispatch_bnb(target, adapter_name, config)
-    if quantized is not None:
-        return quantized
-    if isinstance(base, (nn.Linear, Conv1D)):
-        return Linear(target, adapter_name, config)
-    raise ValueError(
-        f"SVF cannot adapt module {module_name!r} of type {type(base).__name__}: it supports {_SUPPORTED}. "
-        "Narrow `target_modules` (or use `exclude_modules`)."
-    )
+    def extra_repr(self) -> str:
+        return quantization_extra_repr(self)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
+import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,7 +30,7 @@ from transformers import PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from .config import SVFConfig
-from .layer import Linear, SVFLayer
+from .layer import BASE, Linear, SVFLayer, singular_value_gain
 
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -56,6 +58,12 @@ TRANSFORMERS_MODELS_TO_SVF_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
     "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
 }
 
+
+# Largest relative gain error accepted from storing a mixture's p' in float32 before storing it as "scale".
+_REPRESENTATION_TOL = 1e-6
+
+# A mixture weight: one number for the whole adapter, or one per module (named as in the base model).
+Weight = float | Mapping[str, float]
 
 _SUPPORTED = (
     "torch.nn.Linear, transformers' Conv1D and linear layers quantised with a backend that dequantises "
@@ -135,6 +143,125 @@ class SVFModel(BaseTuner):
             )
         return layer_cls(target, adapter_name, svf_config, **kwargs)
 
+    # -- mixing (Transformer² section 3.2 C) ----------------------------------------------------------------
+    def svf_layers(self) -> dict[str, SVFLayer]:
+        """The SVF layers by module name in the base model (``model.layers.0.mlp.up_proj``)."""
+        return {name: module for name, module in self.model.named_modules() if isinstance(module, SVFLayer)}
+
+    def weighted_vectors(
+        self, adapters: Sequence[str], weights: Sequence[Weight], exact_gain: bool = False
+    ) -> tuple[str, float, dict[str, torch.Tensor]]:
+        """(parameterisation, max_mult, {module: vector}) of the adapter mixing ``adapters`` by ``weights``.
+
+        An official mixture is stored as an official vector when float32 ``p'`` represents its gain
+        exactly (to ``_REPRESENTATION_TOL``), else (a saturated mask) as a ``"scale"`` vector holding the
+        gain. ``exact_gain`` always returns the gain as a ``"scale"`` vector: what temporary adapters use,
+        since the layers then skip recomputing an official mask on every forward pass.
+        """
+        if len(adapters) != len(weights) or len(set(adapters)) != len(adapters):
+            raise ValueError(
+                f"need one weight per distinct adapter, got {list(adapters)} and {list(weights)}"
+            )
+        experts = [name for name in adapters if name != BASE]
+        if not experts:
+            raise ValueError("add_weighted_adapter needs at least one adapter besides the base")
+        configs = [self.peft_config.get(name) for name in experts]
+        unknown = [
+            name for name, config in zip(experts, configs, strict=True) if not isinstance(config, SVFConfig)
+        ]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))}: not an SVF adapter of this model (adapters: {list(self.peft_config)})"
+            )
+        kinds = {config.parameterization for config in configs}
+        if len(kinds) > 1:
+            raise ValueError(f"cannot mix experts of different parameterisations: {sorted(kinds)}")
+        parameterization = kinds.pop()
+        max_mult = max(config.max_mult for config in configs) if parameterization == "official" else 1.0
+        identity = configs[0].init_value if parameterization == "official" else 1.0
+        layers = {m: layer for m, layer in self.svf_layers().items() if set(experts) & set(layer.svf_vector)}
+        vectors, gains = {}, {}
+        for module, layer in layers.items():
+            per_layer = {
+                name: _weight_for(name, weight, module)
+                for name, weight in zip(adapters, weights, strict=True)
+            }
+            vectors[module], gains[module] = layer.weighted_mixture(
+                per_layer, parameterization, max_mult, identity
+            )
+        exact = parameterization == "scale" or (
+            not exact_gain
+            and all(
+                torch.isfinite(vectors[m]).all()  # a saturated mask needs p' = +-inf, which no file may hold
+                and _relative_error(
+                    singular_value_gain(vectors[m], layers[m].svf_S, "official", max_mult), gains[m]
+                )
+                <= _REPRESENTATION_TOL
+                for m in layers
+            )
+        )
+        if exact:
+            return parameterization, max_mult, vectors
+        return "scale", 1.0, {module: gain.float() for module, gain in gains.items()}
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[Weight], adapter_name: str) -> None:
+        """Add ``adapter_name``, the ``weights`` mixture of ``adapters``, as an ordinary saveable adapter.
+
+        PEFT's method (IA3, LoRA), with SVF's mixing rule (see ``SVFLayer.weighted_mixture``): a weight is a
+        number or ``{module: number}`` (per layer), and ``"__base__"`` among ``adapters`` is the identity, so a
+        mixture can lean partly toward the base weights. Unlike PEFT's methods, an existing ``adapter_name``
+        is an error rather than silently kept. The active adapter and every ``requires_grad`` stay as they were.
+        """
+        if adapter_name in self.peft_config or adapter_name == BASE:
+            raise ValueError(f"an adapter named {adapter_name!r} exists already")
+        parameterization, max_mult, vectors = self.weighted_vectors(adapters, weights)
+        config = copy.deepcopy(self.peft_config[next(name for name in adapters if name != BASE)])
+        config.target_modules, config.exclude_modules = set(vectors), None
+        config.layers_to_transform = config.layers_pattern = None
+        config.parameterization, config.max_mult = parameterization, max_mult
+        config.init_noise_std, config.inference_mode = 0.0, True
+        grads = {param: param.requires_grad for param in self.model.parameters()}
+        self.peft_config[adapter_name] = config
+        try:
+            self.inject_adapter(self.model, adapter_name)
+        except Exception:
+            del self.peft_config[adapter_name]
+            raise
+        self._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=True)
+        for param in self.model.parameters():
+            param.requires_grad_(grads.get(param, False))
+        layers = self.svf_layers()
+        with torch.no_grad():
+            for module, vector in vectors.items():
+                layers[module].svf_vector[adapter_name].copy_(vector)
+
+    @contextmanager
+    def temporary_weighted_adapters(
+        self, mixtures: Mapping[str, tuple[Sequence[str], Sequence[Weight]]]
+    ) -> Iterator[list[str]]:
+        """Weighted adapters ``{name: (adapters, weights)}`` that exist only inside the block.
+
+        Usable as ``adapter_names`` rows. They have no PEFT config and skip ``inject_adapter``'s walk over
+        the model (each layer just holds the exact gain as a vector), which keeps a CEM generation's 32
+        candidates cheap to build and to run; they are deleted on exit, even after an error.
+        """
+        clashes = [name for name in mixtures if name in self.peft_config or name == BASE]
+        if clashes:
+            raise ValueError(f"temporary adapter names clash with existing adapters: {clashes}")
+        layers = self.svf_layers()
+        try:
+            for name, (adapters, weights) in mixtures.items():
+                parameterization, max_mult, vectors = self.weighted_vectors(
+                    adapters, weights, exact_gain=True
+                )
+                for module, vector in vectors.items():
+                    layers[module].set_vector(name, vector, parameterization, max_mult, requires_grad=False)
+            yield list(mixtures)
+        finally:
+            for layer in layers.values():
+                for name in mixtures:
+                    layer.delete_adapter(name)
+
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
         """Route ``adapter_names=[...]`` (one per row) from ``forward``/``generate`` into every SVF layer.
@@ -174,6 +301,20 @@ class SVFModel(BaseTuner):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         check_adapter_state_dict(model, adapter_name, remapped)
         return remapped
+
+
+def _weight_for(adapter: str, weight: Weight, module: str) -> float:
+    if isinstance(weight, Mapping):
+        if module not in weight:
+            raise ValueError(f"per-layer weights for {adapter!r} have no weight for module {module!r}")
+        return float(weight[module])
+    return float(weight)
+
+
+def _relative_error(gain: torch.Tensor, exact: torch.Tensor) -> float:
+    if not torch.isfinite(gain).all():
+        return math.inf
+    return ((gain.double() - exact).abs() / exact.abs().clamp_min(1e-30)).max().item()
 
 
 def _inject_adapter_names(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]):
