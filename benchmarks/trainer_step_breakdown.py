@@ -35,12 +35,17 @@ VARIANTS: dict[str, tuple[Any, bool]] = {
     # name: (adapter config factory, merge adapter for generation)
     "SVF": (lambda: SVFConfig(init_noise_std=0.01), True),
     "SVF, unmerged rollouts": (lambda: SVFConfig(init_noise_std=0.01), False),
-    "LoRA r=16 attn": (lambda: LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS), True),
+    "LoRA r=16 attn": (
+        lambda: LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS),
+        True,
+    ),
 }
 PARTS = ("rollout", "logprob_fwd_bwd", "kl", "step")
 
 
-def run_variant(base, tokenizer, name: str, data, reward, args: argparse.Namespace, workdir: str) -> list[dict]:
+def run_variant(
+    base, tokenizer, name: str, data, reward, args: argparse.Namespace, workdir: str
+) -> list[dict]:
     """Train ``args.steps`` steps of one variant; per-step seconds of each part (warm-up step dropped)."""
     make_config, merge = VARIANTS[name]
     trainer = SVFTrainer(
@@ -53,7 +58,7 @@ def run_variant(base, tokenizer, name: str, data, reward, args: argparse.Namespa
             max_steps=args.steps,
             learning_rate=1e-12,
             max_completion_length=args.max_new_tokens,
-            kl_coef=args.kl_coef,
+            beta=args.beta,
             merge_adapter_for_generation=merge,
             report_to=[],
             save_strategy="no",
@@ -89,7 +94,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="steps per variant per round (first is warm-up)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--kl-coef", type=float, default=0.1)
+    parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, default=Path("trainer_step_breakdown.json"))
     args = parser.parse_args()

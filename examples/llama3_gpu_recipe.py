@@ -18,7 +18,7 @@ Stages, each reading what the earlier ones wrote under --output-dir:
 
     python examples/llama3_gpu_recipe.py --dry-run
     python examples/llama3_gpu_recipe.py --stage train                 # 3 tasks x 4 KL coefficients
-    python examples/llama3_gpu_recipe.py --stage train --tasks gsm8k --kl-coefs 0.1
+    python examples/llama3_gpu_recipe.py --stage train --tasks gsm8k --betas 0.1
     python examples/llama3_gpu_recipe.py --stage classifier            # z_c for strategy B
     python examples/llama3_gpu_recipe.py --stage lora                  # the LoRA baseline (next-token)
     python examples/llama3_gpu_recipe.py --stage table1                # base / LoRA / SVF on the 3 tasks
@@ -56,8 +56,8 @@ UNSEEN_TASKS = {"math": "math", "code": "humaneval", "reasoning": "arc_challenge
 MLP, ATTENTION = ["gate_proj", "up_proj", "down_proj"], ["q_proj", "v_proj"]  # the paper's attention = q, v
 TARGETS = {"mlp": MLP, "attention": ATTENTION, "mlp+attention": ATTENTION + MLP}
 GLOBAL_BATCH = 256
-KL_COEFS = (0.0, 0.1, 0.2, 0.3)
-CLASSIFIER_KL = 0.1
+BETAS = (0.0, 0.1, 0.2, 0.3)
+CLASSIFIER_BETA = 0.1
 CLASSIFIER_TOKENS = 64
 
 
@@ -75,7 +75,7 @@ def svf_config(targets: str) -> SVFConfig:
 
 
 def svf_training_config(
-    output_dir: Path, kl_coef: float, max_steps: int, max_new_tokens: int, micro_batch: int, seed: int
+    output_dir: Path, beta: float, max_steps: int, max_new_tokens: int, micro_batch: int, seed: int
 ) -> SVFTrainingConfig:
     """Paper Table 6 / appendix A.1: everything else is SVFTrainingConfig's default (lr 2e-3, cosine, clip 1e-3)."""
     if GLOBAL_BATCH % micro_batch:
@@ -86,7 +86,7 @@ def svf_training_config(
         gradient_accumulation_steps=GLOBAL_BATCH // micro_batch,
         per_device_eval_batch_size=32,
         max_steps=max_steps,
-        kl_coef=kl_coef,
+        beta=beta,
         advantage_baseline="none",  # the paper's raw +1/-1 rewards (at batch 256 a baseline matters little)
         max_completion_length=max_new_tokens,
         eval_strategy="steps",
@@ -147,13 +147,13 @@ def load_model(model_id: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def expert_dir(out: Path, task: str, kl_coef: float) -> Path:
-    return out / "experts" / task / f"kl{kl_coef}"
+def expert_dir(out: Path, task: str, beta: float) -> Path:
+    return out / "experts" / task / f"beta{beta}"
 
 
 def best_expert(out: Path, task: str) -> Path:
     """The KL coefficient whose run reached the best validation accuracy (the paper's selection)."""
-    runs = [json.loads(p.read_text()) for p in sorted((out / "experts" / task).glob("kl*/run.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted((out / "experts" / task).glob("beta*/run.json"))]
     if not runs:
         raise SystemExit(f"no trained expert for {task} under {out}/experts; run --stage train first")
     return Path(max(runs, key=lambda r: r["best_valid_accuracy"])["adapter"])
@@ -171,7 +171,7 @@ def validation_set(task_name: str, valid_n: int | None) -> Dataset:
 
 # -- stages -------------------------------------------------------------------------------------------------
 def train_svf(args: argparse.Namespace, train: Dataset, valid: Dataset, reward: Any, run_dir: Path,
-              kl_coef: float, max_new_tokens: int) -> dict[str, Any]:  # fmt: skip
+              beta: float, max_new_tokens: int) -> dict[str, Any]:  # fmt: skip
     """One SVF run (an expert or z_c) with the paper's recipe; writes the adapter and run.json."""
     from peft_svf.trainer import SVFTrainer
 
@@ -179,9 +179,7 @@ def train_svf(args: argparse.Namespace, train: Dataset, valid: Dataset, reward: 
     trainer = SVFTrainer(
         model,
         reward,
-        args=svf_training_config(
-            run_dir, kl_coef, args.max_steps, max_new_tokens, args.micro_batch, args.seed
-        ),
+        args=svf_training_config(run_dir, beta, args.max_steps, max_new_tokens, args.micro_batch, args.seed),
         train_dataset=train,
         eval_dataset=valid,
         processing_class=tokenizer,
@@ -194,7 +192,7 @@ def train_svf(args: argparse.Namespace, train: Dataset, valid: Dataset, reward: 
             True  # the saved expert loads onto an intact W: the exact base at evaluation
         )
     trainer.save_model(str(run_dir / "adapter"))
-    run = {"kl_coef": kl_coef, "adapter": str(run_dir / "adapter"), "train_wall_s": time.time() - start,
+    run = {"beta": beta, "adapter": str(run_dir / "adapter"), "train_wall_s": time.time() - start,
            "best_valid_accuracy": trainer.state.best_metric, "best_checkpoint": trainer.state.best_model_checkpoint,
            "valid_accuracy_by_step": {log["step"]: log["eval_accuracy"] for log in trainer.state.log_history
                                       if "eval_accuracy" in log},
@@ -210,8 +208,8 @@ def stage_train(args: argparse.Namespace) -> None:
         task = get_task(task_name)
         train = train_valid_split(task.load("train"), "train")
         valid = validation_set(task_name, args.valid_n)
-        for kl_coef in args.kl_coefs:
-            train_svf(args, train, valid, task.reward, expert_dir(args.output_dir, task_name, kl_coef), kl_coef,
+        for beta in args.betas:
+            train_svf(args, train, valid, task.reward, expert_dir(args.output_dir, task_name, beta), beta,
                       task.max_new_tokens)  # fmt: skip
 
 
@@ -222,7 +220,13 @@ def stage_classifier(args: argparse.Namespace) -> None:
     train = build_task_id_dataset(EXPERT_TASKS, split="train", seed=args.seed)
     valid = build_task_id_dataset(EXPERT_TASKS, split="valid", n_per_task=args.valid_n or 100, seed=args.seed)
     train_svf(
-        args, train, valid, task_id_reward(), args.output_dir / "classifier", CLASSIFIER_KL, CLASSIFIER_TOKENS
+        args,
+        train,
+        valid,
+        task_id_reward(),
+        args.output_dir / "classifier",
+        CLASSIFIER_BETA,
+        CLASSIFIER_TOKENS,
     )
 
 
@@ -399,10 +403,10 @@ def dry_run(args: argparse.Namespace) -> None:
 
     for task_name in args.tasks:
         task = get_task(task_name)
-        for kl_coef in args.kl_coefs:
-            config = svf_training_config(expert_dir(args.output_dir, task_name, kl_coef), kl_coef, args.max_steps,
+        for beta in args.betas:
+            config = svf_training_config(expert_dir(args.output_dir, task_name, beta), beta, args.max_steps,
                                          task.max_new_tokens, args.micro_batch, args.seed)  # fmt: skip
-            print(f"train {task_name:<9} kl={kl_coef:<4} lr={config.learning_rate} "
+            print(f"train {task_name:<9} beta={beta:<4} lr={config.learning_rate} "
                   f"batch={config.per_device_train_batch_size}x{config.gradient_accumulation_steps} "
                   f"clip={config.max_grad_norm} {config.lr_scheduler_type.value} steps<={config.max_steps} "
                   f"eval every {config.eval_steps} new_tokens={config.max_completion_length} -> {config.output_dir}")  # fmt: skip
@@ -410,7 +414,7 @@ def dry_run(args: argparse.Namespace) -> None:
                                     args.micro_batch, args.seed)  # fmt: skip
         print(f"lora  {task_name:<9} next-token on official solutions lr={lora.learning_rate} "
               f"clip={lora.max_grad_norm} steps={lora.max_steps} -> {lora.output_dir}")  # fmt: skip
-    print(f"classifier z_c on {sorted(EXPERT_TASKS.values())} questions, kl={CLASSIFIER_KL} "
+    print(f"classifier z_c on {sorted(EXPERT_TASKS.values())} questions, beta={CLASSIFIER_BETA} "
           f"-> {args.output_dir / 'classifier'}")  # fmt: skip
     print(f"table1: base / LoRA / best-KL SVF expert on the test splits of {', '.join(args.tasks)}")
     print(f"table2: base / LoRA / prompt / classifier / few-shot CEM ({args.shots} shots, population "
@@ -429,7 +433,7 @@ def main() -> None:
     )
     parser.add_argument("--targets", choices=list(TARGETS), default="mlp+attention",
                         help="paper Table 4: MLP + attention is best; the authors' code adapts the MLP only")  # fmt: skip
-    parser.add_argument("--kl-coefs", type=float, nargs="+", default=list(KL_COEFS))
+    parser.add_argument("--betas", type=float, nargs="+", default=list(BETAS))
     parser.add_argument(
         "--max-steps", type=int, default=200, help="updates of 256 prompts (authors' cap: 2000)"
     )

@@ -33,7 +33,7 @@ from trainer_fixtures import make_trainer, prompts
 SETTINGS = {
     "per_device_train_batch_size": 4,
     "gradient_accumulation_steps": 1,
-    "kl_coef": 0.1,
+    "beta": 0.1,
     "save_strategy": "steps",
     "save_steps": 1,
     "save_total_limit": 2,  # rotation must never delete the last complete checkpoint before the new one is

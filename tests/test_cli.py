@@ -210,6 +210,7 @@ def test_run_help_shows_the_main_jobs_flags(capsys):
         ["train", "--data", "{tmp}/good.jsonl", "--reward", "choice"],
         ["train", "--data", "{tmp}/good.jsonl", "--reward", "nope"],
         ["train", "--task", "offline_math", "--steps", "many"],
+        ["train", "--task", "offline_math", "--kl-coef", "0.1", "--beta", "0.2"],
         ["eval"],
         ["eval", "--task", "offline_math", "--expert", "no-equals-sign"],
         ["eval", "--task", "offline_math", "--adapter", "a", "--expert", "m=b"],

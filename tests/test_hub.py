@@ -25,7 +25,7 @@ TARGETS = ["q_proj", "v_proj", "down_proj"]
 RESULTS = {
     "task": "offline_math",
     "domain": "math",
-    "settings": {"adapter": "svf", "steps": 40, "batch": 16, "lr": 0.01, "kl_coef": 0.0, "seed": 2},
+    "settings": {"adapter": "svf", "steps": 40, "batch": 16, "lr": 0.01, "beta": 0.0, "seed": 2},
     "trainable_parameters": 97920,
     "base_test_accuracy": 0.095,
     "expert_test_accuracy": 0.86,

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from datasets import Dataset
 
 from peft_svf.cli import main as cli_main
@@ -15,7 +16,9 @@ from trainer_fixtures import prompts, starts_with, tiny_llama, tiny_tokenizer
 
 
 def _toy_split(split: str) -> Dataset:
-    return Dataset.from_dict({"prompt": prompts(64 if split == "train" else 32, seed=0 if split == "train" else 1)})
+    return Dataset.from_dict(
+        {"prompt": prompts(64 if split == "train" else 32, seed=0 if split == "train" else 1)}
+    )
 
 
 def test_alias_trains_an_expert_and_reports_base_and_expert_accuracy(tmp_path, capsys):
@@ -65,3 +68,23 @@ def test_python_m_peft_svf_trainer_runs_the_alias():
     assert done.returncode == 2 and done.stdout == ""
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("peft-svf train: error: argument --steps"), done.stderr
+
+
+def test_deprecated_kl_coef_flag_warns_and_becomes_beta(tmp_path, monkeypatch):
+    """``--kl-coef`` (the first release's flag) still reaches the recipe, as ``beta``, with a FutureWarning."""
+    tokenizer = tiny_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    received = {}
+
+    def train_expert(*args, **kwargs):
+        received.update(kwargs)
+        raise KeyboardInterrupt  # stop before training: only the arguments are under test
+
+    monkeypatch.setattr("peft_svf.trainer.recipe.train_expert", train_expert)
+    with (
+        pytest.warns(FutureWarning, match="`--kl-coef` is deprecated.*`--beta=0.25`"),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        main(["--task", "offline_math", "--model", str(tmp_path / "model"), "--kl-coef", "0.25", "--quiet"])
+    assert received["beta"] == 0.25 and "kl_coef" not in received

@@ -26,7 +26,7 @@ def _train(output: Path, per_device_batch: int) -> None:
         per_device_train_batch_size=per_device_batch,
         gradient_accumulation_steps=2,
         max_steps=STEPS,
-        kl_coef=0.1,
+        beta=0.1,
     )
     initial = adapter_state(trainer.model)
     trainer.train()

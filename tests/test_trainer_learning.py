@@ -40,7 +40,7 @@ def test_easy_reward_is_learned_and_base_weights_stay(tmp_path, kind):
     assert len(train_logs) == 30
     for key in ("reward", "reward_std", "accuracy", "completions/mean_length", "learning_rate"):
         assert all(key in h for h in train_logs), key
-    # kl_coef=0 (the fixture's): like TRL with beta=0, the base forward is skipped and no KL is logged.
+    # beta=0 (the fixture's): like TRL with beta=0, the base forward is skipped and no KL is logged.
     assert not any("kl" in h for h in train_logs) and all(h["kl_time"] == 0 for h in train_logs)
     assert all(h["rollout_time"] > 0 and h["update_time"] > 0 for h in train_logs)
     first = sum(h["reward"] for h in train_logs[:5]) / 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,24 +30,37 @@ def test_completion_mask_stops_at_any_declared_eos():
 
 def test_advantage_baselines():
     rewards = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
-    assert torch.equal(compute_advantages(rewards, 3, "none", scale=False), rewards)
-    torch.testing.assert_close(compute_advantages(rewards, 1, "batch_mean", scale=False), rewards - 1 / 3)
-    group = compute_advantages(rewards, 3, "group_mean", scale=False)
+    assert torch.equal(compute_advantages(rewards, 3, "none", scale_rewards="none"), rewards)
+    torch.testing.assert_close(
+        compute_advantages(rewards, 1, "batch_mean", scale_rewards="none"), rewards - 1 / 3
+    )
+    group = compute_advantages(rewards, 3, "group_mean", scale_rewards="none")
     torch.testing.assert_close(group, torch.tensor([4 / 3, -2 / 3, -2 / 3, 0.0, 0.0, 0.0]))
-    loo = compute_advantages(rewards, 3, "leave_one_out", scale=False)
+    loo = compute_advantages(rewards, 3, "leave_one_out", scale_rewards="none")
     torch.testing.assert_close(loo, torch.tensor([2.0, -1.0, -1.0, 0.0, 0.0, 0.0]))
-    z = compute_advantages(rewards, 1, "batch_mean", scale=True)
+    z = compute_advantages(rewards, 1, "batch_mean", scale_rewards="batch")
     torch.testing.assert_close(z.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
     torch.testing.assert_close(z.std(), torch.tensor(1.0), atol=1e-4, rtol=0)
     # All rewards equal: nothing to learn from, and no division by a zero std.
-    assert torch.equal(compute_advantages(torch.ones(4), 1, "batch_mean", scale=True), torch.zeros(4))
+    assert torch.equal(
+        compute_advantages(torch.ones(4), 1, "batch_mean", scale_rewards="batch"), torch.zeros(4)
+    )
+
+
+def test_group_reward_scaling_divides_each_prompt_by_its_own_std():
+    rewards = torch.tensor([1.0, -1.0, -1.0, 3.0, 1.0, 2.0])
+    scaled = compute_advantages(rewards, 3, "group_mean", scale_rewards="group")
+    for group, expected in zip(rewards.view(2, 3).tolist(), scaled.view(2, 3), strict=True):
+        mean = sum(group) / 3
+        std = (sum((r - mean) ** 2 for r in group) / 2) ** 0.5  # unbiased, as torch.std and TRL
+        torch.testing.assert_close(expected, torch.tensor([(r - mean) / (std + 1e-6) for r in group]))
 
 
 def test_aggregation_sums_or_averages_over_the_completion_only():
     values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]]).float()
     assert torch.equal(aggregate_per_sequence(values, mask, "sequence_sum"), torch.tensor([3.0, 15.0]))
-    assert torch.equal(aggregate_per_sequence(values, mask, "token_mean"), torch.tensor([1.5, 5.0]))
+    assert torch.equal(aggregate_per_sequence(values, mask, "grpo"), torch.tensor([1.5, 5.0]))
 
 
 def test_token_kl_is_the_exact_kl_of_the_adapted_from_the_base_distribution():
@@ -110,10 +125,49 @@ def test_config_defaults_follow_the_paper(tmp_path):
     assert args.max_grad_norm == 1e-3
     assert args.optim.value.startswith("adamw")
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 256
-    assert args.loss_aggregation == "sequence_sum"
+    assert args.loss_type == "sequence_sum" and args.scale_rewards == "none"
     assert (
         args.metric_for_best_model == "accuracy" and args.greater_is_better is None
     ) or args.greater_is_better
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"kl_coef": 0.3}, {"beta": 0.3}),
+        ({"scale_advantages": True}, {"scale_rewards": "batch"}),
+        ({"scale_advantages": False}, {"scale_rewards": "none"}),
+        ({"loss_aggregation": "token_mean"}, {"loss_type": "grpo"}),
+        ({"loss_aggregation": "sequence_sum"}, {"loss_type": "sequence_sum"}),
+    ],
+)
+def test_config_maps_the_first_release_names_onto_trls_with_a_warning(tmp_path, old, new):
+    with pytest.warns(FutureWarning, match=f"`{next(iter(old))}` is deprecated"):
+        args = SVFTrainingConfig(str(tmp_path), report_to=[], **old)
+    assert {name: getattr(args, name) for name in new} == new
+    assert getattr(args, next(iter(old))) is None  # cleared, so a copy does not see both names set
+    assert dataclasses.replace(args, beta=0.05).beta == 0.05
+
+
+@pytest.mark.parametrize(
+    "both", [{"kl_coef": 0.3, "beta": 0.2}, {"scale_advantages": True, "scale_rewards": "group", "num_generations": 2},
+             {"loss_aggregation": "token_mean", "loss_type": "grpo"}],
+)  # fmt: skip
+def test_config_rejects_an_old_and_a_new_name_together(tmp_path, both):
+    with pytest.raises(ValueError, match="deprecated name"):
+        SVFTrainingConfig(str(tmp_path), report_to=[], **both)
+
+
+def test_config_reads_trls_boolean_scale_rewards_as_trl_does(tmp_path):
+    assert SVFTrainingConfig(str(tmp_path), report_to=[], scale_rewards=False).scale_rewards == "none"
+    grouped = SVFTrainingConfig(str(tmp_path), report_to=[], scale_rewards=True, num_generations=2)
+    assert grouped.scale_rewards == "group"
+    with pytest.raises(ValueError, match="num_generations >= 2"):
+        SVFTrainingConfig(str(tmp_path), report_to=[], scale_rewards="group")
+    with pytest.raises(ValueError, match="loss_type"):
+        SVFTrainingConfig(
+            str(tmp_path), report_to=[], loss_type="dapo"
+        )  # TRL's, with a clipped ratio we lack
 
 
 def test_config_rejects_group_baselines_without_several_generations(tmp_path):
@@ -121,11 +175,11 @@ def test_config_rejects_group_baselines_without_several_generations(tmp_path):
         SVFTrainingConfig(str(tmp_path), advantage_baseline="leave_one_out", num_generations=1, report_to=[])
 
 
-@pytest.mark.parametrize("kl_coef", [0.0, 0.2])
-def test_loss_equals_equation_one_against_a_separate_base_model(tmp_path, kl_coef):
+@pytest.mark.parametrize("beta", [0.0, 0.2])
+def test_loss_equals_equation_one_against_a_separate_base_model(tmp_path, beta):
     from trainer_fixtures import make_trainer, prompts
 
-    trainer = make_trainer(str(tmp_path), kl_coef=kl_coef, temperature=0.7, max_completion_length=5)
+    trainer = make_trainer(str(tmp_path), beta=beta, temperature=0.7, max_completion_length=5)
     model = trainer.model
     with torch.no_grad():  # move the vectors off the identity so the adapted and base models differ
         for p in model.parameters():
@@ -139,15 +193,21 @@ def test_loss_equals_equation_one_against_a_separate_base_model(tmp_path, kl_coe
     attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
     start, mask = inputs["prompt_ids"].size(1) - 1, inputs["completion_mask"].double()
     with torch.no_grad():
-        adapted = F.log_softmax(model(input_ids=ids, attention_mask=attention).logits[:, start:-1].double() / 0.7, -1)
-        reference = F.log_softmax(base(input_ids=ids, attention_mask=attention).logits[:, start:-1].double() / 0.7, -1)
+        adapted = F.log_softmax(
+            model(input_ids=ids, attention_mask=attention).logits[:, start:-1].double() / 0.7, -1
+        )
+        reference = F.log_softmax(
+            base(input_ids=ids, attention_mask=attention).logits[:, start:-1].double() / 0.7, -1
+        )
     chosen = adapted.gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
     kl = (adapted.exp() * (adapted - reference)).sum(-1)
-    expected = -(inputs["advantages"].double() * (chosen * mask).sum(1)).mean() + kl_coef * (kl * mask).sum(1).mean()
+    expected = (
+        -(inputs["advantages"].double() * (chosen * mask).sum(1)).mean() + beta * (kl * mask).sum(1).mean()
+    )
     assert 0 < inputs["completion_mask"].sum() < inputs["completion_mask"].numel()  # some stopped early
     torch.testing.assert_close(loss.double(), expected, rtol=1e-4, atol=1e-4)
     logged = trainer._metrics["train"].get("kl", [])
-    if kl_coef:
+    if beta:
         assert logged[-1] == pytest.approx(((kl * mask).sum() / mask.sum()).item(), rel=1e-4)
     else:
         assert not logged

@@ -25,7 +25,7 @@ SETTINGS = {
     "max_steps": 6,
     "per_device_train_batch_size": 8,
     "gradient_accumulation_steps": 2,
-    "kl_coef": 0.1,
+    "beta": 0.1,
     "save_strategy": "steps",
     "save_steps": 3,
 }

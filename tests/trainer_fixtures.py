@@ -104,7 +104,7 @@ def make_trainer(
         "learning_rate": LEARNING_RATES[kind],
         "max_steps": 30,
         "max_completion_length": 4,
-        "kl_coef": 0.0,
+        "beta": 0.0,
         "report_to": [],
         "save_strategy": "no",
         "disable_tqdm": True,

@@ -20,8 +20,8 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
 from peft import PeftConfig, PeftModel
 
 from .embedded import EMBEDDED_MODEL_NAME
+from .paths import RESULTS_FILE
 from .svf.config import LOCAL_FIELDS
-from .trainer.recipe import RESULTS_FILE
 
 CARD_FILE = "README.md"
 CARD_TAGS = ("peft-svf", "svf", "transformer-squared")
@@ -75,7 +75,7 @@ def results_from_trainer(trainer: Any) -> dict[str, Any]:
         "batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "lr": args.learning_rate,
         "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-        "kl_coef": args.kl_coef,
+        "beta": args.beta,
         "max_new_tokens": args.max_completion_length,
         "num_generations": args.num_generations,
         "seed": args.seed,

@@ -1,9 +1,17 @@
-"""Where peft-svf keeps its caches (converted embedded model, SVD factors)."""
+"""Where peft-svf keeps things on disk: its caches (converted embedded model, SVD factors) and an expert's folder.
+
+No imports beyond the standard library, so readers of a trained expert's folder (the Hub card, the CLI) need
+not load the trainer that wrote it.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+# A trained expert's folder: the adapter in EXPERT_DIR, what it was trained on and how well it did in RESULTS_FILE.
+RESULTS_FILE = "results.json"
+EXPERT_DIR = "expert"
 
 
 def default_cache_dir() -> Path:

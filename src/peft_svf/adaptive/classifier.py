@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..defaults import CLASSIFIER_TEMPERATURE
+from ..paths import EXPERT_DIR, RESULTS_FILE
 from ..tasks import Task
 from ..tasks.classification import build_task_id_dataset, task_id_reward
-from ..trainer.recipe import EXPERT_DIR, RESULTS_FILE, train_expert
+from ..trainer.recipe import train_expert
 
 
 def train_classification_expert(
@@ -28,7 +29,7 @@ def train_classification_expert(
     steps: int = 40,
     batch: int = 16,
     lr: float = 1e-2,
-    kl_coef: float = 0.0,
+    beta: float = 0.0,
     temperature: float = CLASSIFIER_TEMPERATURE,
     max_new_tokens: int = 32,
     eval_steps: int = 10,
@@ -37,6 +38,7 @@ def train_classification_expert(
     descriptions: Mapping[str, str] | None = None,
     seed: int = 0,
     progress: bool = True,
+    kl_coef: float | None = None,
 ) -> dict[str, Any]:
     """Train ``z_c`` for ``tasks`` (``{label: task name}``, e.g. ``{"math": "offline_math", ...}``).
 
@@ -45,6 +47,7 @@ def train_classification_expert(
     questions in all, spread over the tasks' valid splits. The adapter is saved under
     ``output_dir/expert`` (load it with ``SelfAdaptiveModel.from_pretrained(..., classifier=that dir)``);
     returns (and writes to ``results.json``) its ``path``, validation accuracy by step and log history.
+    ``kl_coef`` is the deprecated name of ``beta``, as in :func:`~peft_svf.trainer.train_expert`.
     """
     output_dir = Path(output_dir)
     train = build_task_id_dataset(
@@ -59,8 +62,8 @@ def train_classification_expert(
                 reward=task_id_reward(), max_new_tokens=max_new_tokens, splits=("train",))  # fmt: skip
     results = train_expert(
         model, tokenizer, task, output_dir, train_dataset=train, valid_dataset=valid, steps=steps, batch=batch,
-        lr=lr, kl_coef=kl_coef, temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
-        valid_n=valid_n, test_n=0, seed=seed, evaluate_base=False, progress=progress,
+        lr=lr, beta=beta, temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
+        valid_n=valid_n, test_n=0, seed=seed, evaluate_base=False, progress=progress, kl_coef=kl_coef,
     )  # fmt: skip
     results.update(
         tasks=dict(tasks), train_rows=len(train), valid_rows=len(valid), path=str(output_dir / EXPERT_DIR)

@@ -76,7 +76,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--steps", type=int, default=40, help="optimizer steps (default: 40)")
     run.add_argument("--batch", type=int, default=16, help="prompts per step (default: 16)")
     run.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: 1e-2)")
-    run.add_argument("--kl-coef", type=float, default=0.0, help="KL penalty to the base model (default: 0)")
+    run.add_argument(
+        "--beta", type=float, default=0.0, help="KL coefficient, the penalty to the base model (default: 0)"
+    )
+    run.add_argument("--kl-coef", type=float, default=None, help="deprecated name of --beta")
     run.add_argument("--temperature", type=float, default=ROLLOUT_TEMPERATURE,
                      help=f"rollout sampling temperature (default: {ROLLOUT_TEMPERATURE})")  # fmt: skip
     run.add_argument("--max-new-tokens", type=int, default=None,
@@ -125,10 +128,13 @@ def _data_task(
 
 def main(args: argparse.Namespace) -> int:
     from ..hub import write_model_card
+    from ..paths import EXPERT_DIR, RESULTS_FILE
     from ..tasks import get_task
-    from ..trainer.recipe import EXPERT_DIR, RESULTS_FILE, train_expert
+    from ..trainer.config import resolve_renamed
+    from ..trainer.recipe import train_expert
 
     # Everything a user can get wrong is checked before the model loads.
+    beta = resolve_renamed("--kl-coef", args.kl_coef, "--beta", args.beta, 0.0)
     files = _data_files(args)
     tables = {split: read_table(path, args.prompt_column) for split, path in files.items()}
     reward = make_reward(args.reward, *tables.values()) if tables else None
@@ -143,7 +149,7 @@ def main(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or Path(f"experts/{task.name}-{args.adapter}-seed{args.seed}")
     results = train_expert(
         model, tokenizer, task, output_dir, adapter=args.adapter, train_dataset=train_dataset,
-        valid_dataset=valid_dataset, steps=args.steps, batch=args.batch, lr=args.lr, kl_coef=args.kl_coef,
+        valid_dataset=valid_dataset, steps=args.steps, batch=args.batch, lr=args.lr, beta=beta,
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, eval_steps=args.eval_steps,
         valid_n=args.valid_n, test_n=test_n, seed=args.seed,
         evaluate_base=not args.skip_base_eval, progress=not args.quiet,

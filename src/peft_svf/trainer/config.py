@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 AdvantageBaseline = Literal["none", "batch_mean", "group_mean", "leave_one_out"]
-LossAggregation = Literal["sequence_sum", "token_mean"]
+RewardScaling = Literal["none", "batch", "group"]
+LossType = Literal["sequence_sum", "grpo"]
+
+# The names of the first release, accepted until the next one: old name -> (TRL's name, old value -> new value).
+DEPRECATED_NAMES: dict[str, tuple[str, dict[Any, Any]]] = {
+    "kl_coef": ("beta", {}),
+    "scale_advantages": ("scale_rewards", {True: "batch", False: "none"}),
+    "loss_aggregation": ("loss_type", {"sequence_sum": "sequence_sum", "token_mean": "grpo"}),
+}
 
 
 @dataclass
@@ -20,6 +30,11 @@ class SVFTrainingConfig(TrainingArguments):
     with cosine decay, gradient clipping at max-norm 1e-3, and a global batch of 256 prompts reached as
     8 per device x 32 accumulation steps. At small batches (tens of prompts) a larger learning rate
     (5e-3 to 1e-2) is what learns in the step budget; see ``docs/trainer.md``.
+
+    ``beta``, ``scale_rewards`` and ``loss_type`` are TRL's ``GRPOConfig`` names with TRL's meanings;
+    ``loss_type="sequence_sum"`` (the paper's REINFORCE, the default) and ``advantage_baseline`` have no TRL
+    equivalent. The first release's ``kl_coef``, ``scale_advantages`` and ``loss_aggregation`` still work,
+    with a ``FutureWarning``, until the next release.
     """
 
     learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate (paper: 2e-3)."})
@@ -66,10 +81,11 @@ class SVFTrainingConfig(TrainingArguments):
         default=1.0, metadata={"help": "Nucleus sampling threshold for rollouts (1.0 = off)."}
     )
     top_k: int = field(default=0, metadata={"help": "Top-k filtering for rollouts (0 = off)."})
-    kl_coef: float = field(
+    beta: float = field(
         default=0.1,
         metadata={
-            "help": "λ of eq. (1): weight of KL(π_adapted || π_base). The paper swept 0.0, 0.1, 0.2, 0.3."
+            "help": "KL coefficient, λ of eq. (1): weight of KL(π_adapted || π_base); 0 skips the base forward. "
+            "The paper swept 0.0, 0.1, 0.2, 0.3."
         },
     )
     reward_weights: list[float] | None = field(
@@ -86,10 +102,12 @@ class SVFTrainingConfig(TrainingArguments):
             "'group_mean' (GRPO) or 'leave_one_out' (RLOO); group baselines need num_generations >= 2."
         },
     )
-    scale_advantages: bool = field(
-        default=False,
+    scale_rewards: RewardScaling = field(
+        default="none",
         metadata={
-            "help": "Divide advantages by the batch reward std (with 'batch_mean': per-batch z-score)."
+            "help": "Divide the advantages by a reward std, as TRL does: 'none', 'batch' (the std over the batch; "
+            "with 'batch_mean' the paper's per-batch z-score) or 'group' (the std over each prompt's "
+            "completions, needs num_generations >= 2). True means 'group' and False 'none', as in TRL."
         },
     )
     merge_adapter_for_generation: bool = field(
@@ -100,16 +118,40 @@ class SVFTrainingConfig(TrainingArguments):
             "through the adapter's own forward instead, slower but bit-for-bit reproducible across resumes."
         },
     )
-    loss_aggregation: LossAggregation = field(
+    loss_type: LossType = field(
         default="sequence_sum",
         metadata={
             "help": "'sequence_sum': log π(y|x) summed over completion tokens, as in the paper and REINFORCE; "
-            "'token_mean': averaged per token within each completion."
+            "'grpo': averaged per token within each completion, then over completions, as TRL's 'grpo'."
+        },
+    )
+    kl_coef: float | None = field(
+        default=None, metadata={"help": "Deprecated: use `beta` (removed in the next release)."}
+    )
+    scale_advantages: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated: use `scale_rewards` ('batch' for True; removed in the next release)."},
+    )
+    loss_aggregation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated: use `loss_type` ('grpo' for 'token_mean'; removed in the next release)."
         },
     )
 
     def __post_init__(self) -> None:
+        self._apply_deprecated_names()
+        self.scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
         super().__post_init__()
+        if self.scale_rewards not in ("none", "batch", "group"):
+            raise ValueError(f"scale_rewards must be 'none', 'batch' or 'group', got {self.scale_rewards!r}.")
+        if self.loss_type not in ("sequence_sum", "grpo"):
+            raise ValueError(f"loss_type must be 'sequence_sum' or 'grpo', got {self.loss_type!r}.")
+        if self.scale_rewards == "group" and self.num_generations < 2:
+            raise ValueError(
+                "scale_rewards='group' divides by the std of each prompt's completions and needs "
+                f"num_generations >= 2 (got {self.num_generations})."
+            )
         if self.num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
         if self.advantage_baseline in ("group_mean", "leave_one_out") and self.num_generations < 2:
@@ -123,3 +165,46 @@ class SVFTrainingConfig(TrainingArguments):
             raise ValueError(
                 f"temperature must be positive, got {self.temperature}; greedy rollouts give no exploration."
             )
+
+    def _apply_deprecated_names(self) -> None:
+        """Move each first-release name's value onto TRL's name, then clear it.
+
+        Clearing lets ``dataclasses.replace`` and a saved config round-trip without tripping the both-set check.
+        """
+        defaults = {f.name: f.default for f in fields(self)}
+        for old, (new, values) in DEPRECATED_NAMES.items():
+            value = getattr(self, new)
+            resolved = resolve_renamed(
+                old, getattr(self, old), new, value, defaults[new], values, stacklevel=5
+            )
+            setattr(self, new, resolved)
+            setattr(self, old, None)
+
+
+def resolve_renamed(
+    old: str,
+    old_value: Any,
+    new: str,
+    new_value: Any,
+    new_default: Any,
+    values: Mapping[Any, Any] | None = None,
+    stacklevel: int = 3,
+) -> Any:
+    """``new``'s value, or ``old``'s (translated by ``values``) with a ``FutureWarning`` when only ``old`` is set.
+
+    "Set" means not None for ``old`` and away from its default for ``new``: a value equal to the default
+    cannot be told apart from no value once parsed (``HfArgumentParser`` passes every field).
+    """
+    if old_value is None:
+        return new_value
+    if new_value != new_default:
+        raise ValueError(f"`{old}` is the deprecated name of `{new}`; set only `{new}`.")
+    if values and old_value not in values:
+        raise ValueError(f"{old}={old_value!r} is not one of {list(values)}; set `{new}` instead.")
+    mapped = values.get(old_value, old_value) if values else old_value
+    warnings.warn(
+        f"`{old}` is deprecated and will be removed in the next release; use `{new}={mapped!r}` instead.",
+        FutureWarning,
+        stacklevel=stacklevel,
+    )
+    return mapped

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import AdvantageBaseline, LossAggregation
+from .config import AdvantageBaseline, LossType, RewardScaling
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
@@ -26,10 +26,14 @@ def compute_advantages(
     rewards: torch.Tensor,
     num_generations: int,
     baseline: AdvantageBaseline,
-    scale: bool,
+    scale_rewards: RewardScaling,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Advantages for a batch whose consecutive blocks of ``num_generations`` rows share a prompt."""
+    """Advantages for a batch whose consecutive blocks of ``num_generations`` rows share a prompt.
+
+    ``scale_rewards`` divides them by the reward std of the whole batch (``"batch"``) or of each prompt's
+    group (``"group"``), as TRL's option of that name does.
+    """
     if baseline == "none":
         advantages = rewards.clone()
     elif baseline == "batch_mean":
@@ -41,17 +45,18 @@ def compute_advantages(
         else:  # leave_one_out: the mean of the other completions of the same prompt
             means = (groups.sum(dim=1, keepdim=True) - groups) / (num_generations - 1)
         advantages = (groups - means).view(-1)
-    if scale:
-        advantages = advantages / (rewards.std() + eps) if rewards.numel() > 1 else advantages
+    if scale_rewards == "batch" and rewards.numel() > 1:
+        advantages = advantages / (rewards.std() + eps)
+    elif scale_rewards == "group":
+        stds = rewards.view(-1, num_generations).std(dim=1, keepdim=True)
+        advantages = (advantages.view(-1, num_generations) / (stds + eps)).view(-1)
     return advantages
 
 
-def aggregate_per_sequence(
-    values: torch.Tensor, mask: torch.Tensor, aggregation: LossAggregation
-) -> torch.Tensor:
-    """Per-completion sum (``sequence_sum``) or mean (``token_mean``) of a per-token quantity."""
+def aggregate_per_sequence(values: torch.Tensor, mask: torch.Tensor, loss_type: LossType) -> torch.Tensor:
+    """Per-completion sum (``sequence_sum``) or mean (``grpo``, TRL's per-sequence mean) of a per-token quantity."""
     total = (values * mask).sum(dim=1)
-    if aggregation == "sequence_sum":
+    if loss_type == "sequence_sum":
         return total
     return total / mask.sum(dim=1).clamp(min=1)
 

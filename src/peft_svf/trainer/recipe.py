@@ -17,13 +17,11 @@ from datasets import Dataset
 from peft import LoraConfig, PeftConfig
 
 from ..defaults import ROLLOUT_TEMPERATURE  # the rollout temperature, shared with the CLI
+from ..paths import EXPERT_DIR, RESULTS_FILE
 from ..svf import SVFConfig
 from ..tasks import Task, evaluate, train_valid_split
-from .config import SVFTrainingConfig
+from .config import SVFTrainingConfig, resolve_renamed
 from .trainer import SVFTrainer
-
-RESULTS_FILE = "results.json"
-EXPERT_DIR = "expert"
 
 
 def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
@@ -49,7 +47,7 @@ def train_expert(
     steps: int = 40,
     batch: int = 16,
     lr: float = 1e-2,
-    kl_coef: float = 0.0,
+    beta: float = 0.0,
     temperature: float = ROLLOUT_TEMPERATURE,
     max_new_tokens: int | None = None,
     eval_steps: int = 10,
@@ -58,13 +56,16 @@ def train_expert(
     seed: int = 0,
     evaluate_base: bool = True,
     progress: bool = True,
+    kl_coef: float | None = None,
 ) -> dict[str, Any]:
     """Train an adapter on ``task`` and return (and write to ``results.json``) base vs expert test accuracy.
 
     ``model`` is a plain causal LM; it comes back carrying the trained adapter (PEFT injects in place).
     ``train_dataset`` and ``valid_dataset`` replace the task's even and odd halves (a user's own prompts).
     The adapter is saved under ``output_dir/expert``. ``test_n=0`` skips the test evaluation.
+    ``kl_coef`` is the deprecated name of ``beta`` (TRL's), accepted until the next release.
     """
+    beta = resolve_renamed("kl_coef", kl_coef, "beta", beta, 0.0)
     output_dir = Path(output_dir)
     max_new_tokens = max_new_tokens or task.max_new_tokens
     pool = task.load("train") if train_dataset is None or valid_dataset is None else None
@@ -84,7 +85,7 @@ def train_expert(
             gradient_accumulation_steps=1,
             learning_rate=lr,
             max_steps=steps,
-            kl_coef=kl_coef,
+            beta=beta,
             temperature=temperature,
             max_completion_length=max_new_tokens,
             eval_strategy="steps",
@@ -102,7 +103,7 @@ def train_expert(
         processing_class=tokenizer,
         peft_config=adapter_config(adapter),
     )
-    settings = dict(adapter=adapter, steps=steps, batch=batch, lr=lr, kl_coef=kl_coef,
+    settings = dict(adapter=adapter, steps=steps, batch=batch, lr=lr, beta=beta,
                     temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
                     valid_n=valid_n, seed=seed)  # fmt: skip
     results: dict[str, Any] = {"task": task.name, "domain": task.domain, "settings": settings}

@@ -50,7 +50,7 @@ class SVFTrainer(Trainer):
 
     Per step it samples completions with the adapter merged into the weights (base-model generation
     speed), scores them with ``reward_funcs``, subtracts a baseline, and minimises
-    ``-mean_i[A_i · log π(y_i|x_i)] + kl_coef · KL(π_adapted || π_base)``, where the base distribution
+    ``-mean_i[A_i · log π(y_i|x_i)] + beta · KL(π_adapted || π_base)``, where the base distribution
     comes from the same model with the adapter disabled (no second copy in memory). Written against the
     generic PEFT interface, it trains SVF experts and, for comparison, LoRA with the same loop.
     """
@@ -257,7 +257,7 @@ class SVFTrainer(Trainer):
             else rewards.clamp(-self.args.reward_clip, self.args.reward_clip)
         )
         advantages = compute_advantages(
-            clipped, self.args.num_generations, self.args.advantage_baseline, self.args.scale_advantages
+            clipped, self.args.num_generations, self.args.advantage_baseline, self.args.scale_rewards
         )
         local = rollout["rewards"].numel()
         offset = self.accelerator.process_index * local
@@ -300,16 +300,16 @@ class SVFTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        """``-mean_i[A_i · log π(y_i|x_i)] + kl_coef · mean_i KL_i``, both aggregated per ``loss_aggregation``."""
+        """``-mean_i[A_i · log π(y_i|x_i)] + beta · mean_i KL_i``, both aggregated per ``loss_type``."""
         if return_outputs:
             raise ValueError("SVFTrainer.compute_loss has no model outputs to return.")
         logps = self._completion_logps(model, inputs)
         token_logps = logps.gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
 
         mask = inputs["completion_mask"].float()
-        aggregation = self.args.loss_aggregation
-        loss = -(inputs["advantages"] * aggregate_per_sequence(token_logps, mask, aggregation)).mean()
-        if self.args.kl_coef == 0:
+        loss_type = self.args.loss_type
+        loss = -(inputs["advantages"] * aggregate_per_sequence(token_logps, mask, loss_type)).mean()
+        if self.args.beta == 0:
             # As TRL does with beta=0: no base forward at all, which is about a seventh of a step.
             return loss
 
@@ -318,7 +318,7 @@ class SVFTrainer(Trainer):
             base_logps = self._completion_logps(self.accelerator.unwrap_model(model), inputs)
         kl = token_kl(logps, base_logps)
         self._timers["kl_time"] += time.perf_counter() - start
-        loss = loss + self.args.kl_coef * aggregate_per_sequence(kl, mask, aggregation).mean()
+        loss = loss + self.args.beta * aggregate_per_sequence(kl, mask, loss_type).mean()
 
         kl_sum = self.accelerator.gather((kl.detach() * mask).sum().reshape(1)).sum()
         token_count = self.accelerator.gather(mask.sum().reshape(1)).sum()
