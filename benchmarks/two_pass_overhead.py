@@ -10,7 +10,8 @@ length:
 1. pass 1 (prompt and soft dispatch) and building the mixtures, as fractions of pass 2, for 64 and 256
    new tokens (the paper's Table 3 reports pass 1 at 13%-47% of pass 2);
 2. pass-2 throughput against plain base-model ``generate`` on the same prompts, for one expert shared by
-   all rows (weights merged for the call, or not), per-row experts, and per-row soft mixtures;
+   all rows (weights merged for the call, or not), per-row experts (exact, and each row's change at a few
+   low ranks, ``per_row_rank``), and per-row soft mixtures (exact and low rank);
 3. one CEM generation: the whole population in one batched ``generate`` against member by member.
 
 ``--random-weights DIR`` builds the model from ``DIR``'s ``config.json`` and tokenizer with random
@@ -99,7 +100,7 @@ def encode(tokenizer: Any, prompts: list[Any], device: torch.device) -> dict[str
 
 
 def pass_two(
-    sam: SelfAdaptiveModel, decisions: list, enc: dict, tokens: int, merge: Any
+    sam: SelfAdaptiveModel, decisions: list, enc: dict, tokens: int, merge: Any, rank: int | float | None
 ) -> tuple[float, float]:
     """(seconds building the mixtures, seconds generating) for these decisions."""
     rows, mixtures = sam._rows(decisions)
@@ -109,13 +110,13 @@ def pass_two(
     with temporary_mixtures(sam.model, mixtures):
         built = time.perf_counter()
         with torch.inference_mode():
-            routed_generate(sam.model, rows, merge=merge, **enc, **kwargs)
+            routed_generate(sam.model, rows, merge=merge, per_row_rank=rank, **enc, **kwargs)
         done = time.perf_counter()
     return built - start, done - built
 
 
 def overhead(sam_by_name: dict[str, SelfAdaptiveModel], prompts: list, enc: dict, tokens_list: list[int],
-             repeats: int) -> tuple[list[dict], dict[str, Any]]:  # fmt: skip
+             repeats: int, ranks: list[int]) -> tuple[list[dict], dict[str, Any]]:  # fmt: skip
     model, tokenizer = sam_by_name["prompt"].model, sam_by_name["prompt"].tokenizer
     base_kwargs = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id}
     rows, decisions_by = [], {}
@@ -126,11 +127,14 @@ def overhead(sam_by_name: dict[str, SelfAdaptiveModel], prompts: list, enc: dict
     def one_hot(label: str) -> DispatchDecision:
         return DispatchDecision(label, {e: float(e == label) for e in EXPERTS})
 
+    per_row = [one_hot(EXPERTS[i % 3]) for i in range(len(prompts))]
     scenarios = {
-        "one expert, merged": ([one_hot("math")] * len(prompts), True),
-        "one expert, unmerged": ([one_hot("math")] * len(prompts), False),
-        "per-row experts": ([one_hot(EXPERTS[i % 3]) for i in range(len(prompts))], "auto"),
-        "per-row soft mixtures": (decisions_by["soft"][1], "auto"),
+        "one expert, merged": ([one_hot("math")] * len(prompts), True, None),
+        "one expert, unmerged": ([one_hot("math")] * len(prompts), False, None),
+        "per-row experts": (per_row, "auto", None),
+        **{f"per-row experts, rank {k}": (per_row, "auto", k) for k in ranks},
+        "per-row soft mixtures": (decisions_by["soft"][1], "auto", None),
+        f"per-row soft mixtures, rank {ranks[0]}": (decisions_by["soft"][1], "auto", ranks[0]),
     }
     for tokens in tokens_list:
         kwargs = {**base_kwargs, "max_new_tokens": tokens, "min_new_tokens": tokens}
@@ -140,10 +144,12 @@ def overhead(sam_by_name: dict[str, SelfAdaptiveModel], prompts: list, enc: dict
                 model.generate(**enc, **kwargs)
 
         base_s = best_of(repeats, base)
-        for scenario, (decisions, merge) in scenarios.items():
-            runs = [pass_two(sam_by_name["prompt"], decisions, enc, tokens, merge) for _ in range(repeats)]
+        for scenario, (decisions, merge, rank) in scenarios.items():
+            runs = [
+                pass_two(sam_by_name["prompt"], decisions, enc, tokens, merge, rank) for _ in range(repeats)
+            ]
             mix_s, gen_s = min(r[0] for r in runs), min(r[1] for r in runs)
-            row = {"new_tokens": tokens, "pass2": scenario, "base_generate_s": round(base_s, 3),
+            row = {"new_tokens": tokens, "pass2": scenario, "per_row_rank": rank, "base_generate_s": round(base_s, 3),
                    "pass2_s": round(gen_s, 3), "mixing_s": round(mix_s, 4),
                    "throughput_vs_base": round(base_s / gen_s, 3)}  # fmt: skip
             for name, (pass_one, _) in decisions_by.items():
@@ -212,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="config.json + tokenizer of the model to build with random weights")  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[16, 64, 128],
+                        help="per_row_rank values for the low-rank per-row rows (default: 16 64 128)")  # fmt: skip
     args = parser.parse_args(argv)
     batch, tokens, population, shots, cem_tokens, repeats = (
         (4, [16, 32], 8, 2, 16, 1) if args.quick else (8, [64, 256], 32, 3, 32, 2)
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     prompts = prompts_for(batch)
     enc = encode(tokenizer, prompts, sams["prompt"].device)
-    rows, labels = overhead(sams, prompts, enc, tokens, repeats)
+    rows, labels = overhead(sams, prompts, enc, tokens, repeats, args.ranks)
     merge_s = merge_seconds(model, repeats)
     print(f"merge: {merge_s:.2f} s")
     cem = cem_speed(sams["prompt"], population, shots, cem_tokens, 1)

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.pytorch_utils import Conv1D
 
+from ..svf.mixed_batch import per_row_adapters
 from .mixing import BASE, svf_layers
 
 # Below this many common tokens, caching a shared prompt prefix is not worth a separate forward pass.
@@ -134,9 +135,16 @@ def routed_generate(
     rows: Sequence[str],
     *,
     merge: Merge = "auto",
+    per_row_rank: int | float | None = None,
     **generate_kwargs: Any,
 ) -> Any:
-    """``model.generate(**generate_kwargs)`` with row ``i`` under adapter ``rows[i]``, in one call."""
+    """``model.generate(**generate_kwargs)`` with row ``i`` under adapter ``rows[i]``, in one call.
+
+    Rows with different adapters use each row's exact change (``per_row_rank=None``), or its best low-rank
+    form: an int keeps that many components per layer, a float the fewest that keep that share of the
+    change's energy (``peft.tuners.lora.conversion.convert_to_lora``'s ``rank``); see
+    :mod:`peft_svf.svf.mixed_batch`.
+    """
     if len(set(rows)) == 1:
         new = generate_kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens or 0
         tokens = generate_kwargs["input_ids"].numel() + len(rows) * _expansion(model, generate_kwargs) * new
@@ -144,7 +152,7 @@ def routed_generate(
             return model.generate(**generate_kwargs)
     repeat = _expansion(model, generate_kwargs)
     names = [name for name in rows for _ in range(repeat)]
-    with preserved_state(model):
+    with preserved_state(model), per_row_adapters(model, per_row_rank):
         return model.generate(**generate_kwargs, adapter_names=names)
 
 

@@ -49,6 +49,11 @@ class SelfAdaptiveModel(nn.Module):
         merge: Whether a pass-2 batch whose rows share one adapter runs with the adapter added into the
             dense weights (base-model speed per token; the original weights are put back after the call).
             ``"auto"`` does it when the generation is long enough to repay building the weights.
+        per_row_rank: How a pass-2 batch whose rows use different adapters applies each row's change:
+            ``None`` exactly (``W x + U ((s' - s) * (V^T x))``); an int keeps each row's ``per_row_rank``
+            largest components per layer (its best low-rank change, ``W x + B (A x)``: closer to base
+            speed, approximate); a float in (0, 1] keeps the fewest components holding that share of the
+            change's energy (the meaning of ``rank`` in PEFT's ``convert_to_lora``).
 
     The wrapped model is never left changed: active adapter, temporary adapters, weights, training flags
     and ``requires_grad`` are restored after every call, also when it raises.
@@ -62,6 +67,7 @@ class SelfAdaptiveModel(nn.Module):
         dispatcher: DispatcherSpec = "prompt",
         descriptions: Mapping[str, str] | None = None,
         merge: bool | str = "auto",
+        per_row_rank: int | float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, PeftModel):
@@ -82,6 +88,7 @@ class SelfAdaptiveModel(nn.Module):
         self.experts = list(experts)
         self.descriptions = descriptions
         self.merge = merge
+        self.per_row_rank = per_row_rank
         self.last_decisions: list[DispatchDecision] = []
         self._default_dispatcher = self._make_dispatcher(dispatcher)
         self.dispatcher = self._default_dispatcher
@@ -201,7 +208,8 @@ class SelfAdaptiveModel(nn.Module):
         if attention_mask is not None:
             generate_kwargs["attention_mask"] = attention_mask
         with temporary_mixtures(self.model, mixtures):
-            out = routed_generate(self.model, rows, merge=self.merge, input_ids=input_ids, **generate_kwargs)
+            out = routed_generate(self.model, rows, merge=self.merge, per_row_rank=self.per_row_rank,
+                                  input_ids=input_ids, **generate_kwargs)  # fmt: skip
         self.last_decisions = decisions
         return out
 

@@ -130,6 +130,7 @@ class SVFLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
+        self.row_plans = None  # per-row forwards for mixed batches, set by mixed_batch.per_row_adapters
         self.in_features, self.out_features = _get_in_out_features(self.get_base_layer())
         self.rank = min(self.in_features, self.out_features)
 
@@ -402,16 +403,28 @@ class SVFLayer(BaseTunerLayer):
         return self._plus_bias(self._factored(x, self.svf_S))
 
     def _mixed_batch_forward(self, x: torch.Tensor, row_adapters: list[str]) -> torch.Tensor:
-        """Each batch row with its own adapter (or ``"__base__"``), in one pass: per-row singular values."""
+        """Each batch row with its own adapter (or ``"__base__"``), in one pass: per-row singular values.
+
+        Inside ``peft_svf.svf.mixed_batch.per_row_adapters`` the rows' changes are worked out once per list
+        of rows (exactly, or each row's best low-rank change) instead of on every forward.
+        """
         if len(row_adapters) != x.shape[0]:
             raise ValueError(f"Got {len(row_adapters)} adapter names for a batch of {x.shape[0]} rows.")
+        if self.row_plans is not None:
+            return self.row_plans.forward(self, x, row_adapters)
+        return self._forward_row_changes(x, self._row_changes(row_adapters))
+
+    def _row_changes(self, row_adapters: list[str]) -> torch.Tensor:
+        """``s'_row - s`` of each row's adapter (zero for ``"__base__"``), (batch, r) float32."""
         changes = {
             name: self.singular_value_change([name])
             if name in self.svf_vector
             else torch.zeros_like(self.svf_S)
             for name in set(row_adapters)
         }
-        per_row = torch.stack([changes[name] for name in row_adapters])  # (batch, r)
+        return torch.stack([changes[name] for name in row_adapters])
+
+    def _forward_row_changes(self, x: torch.Tensor, per_row: torch.Tensor) -> torch.Tensor:
         # Shaped to broadcast over the token dimensions, so the ordinary factored path serves every row.
         per_row = per_row.view(x.shape[0], *([1] * (x.dim() - 2)), -1)
         return self._forward_factored(x, per_row).to(x.dtype)
