@@ -186,9 +186,14 @@ def test_failed_from_pretrained_leaves_the_plain_model_bit_identical(case, tmp_p
     assert not hasattr(model, "peft_config")
 
 
+# Beside a first adapter that keeps W, a second one that frees it conflicts with the shared decomposition.
+SECOND_ADAPTER_MESSAGES = {"keep_base_weight=False and another base": "keep_base_weight=False .* conflicts"}
+
+
 @pytest.mark.parametrize("case", sorted(BAD_ADAPTERS))
 def test_failed_load_adapter_leaves_the_peft_model_bit_identical(case, tmp_path, input_ids):
     make, message = BAD_ADAPTERS[case]
+    message = SECOND_ADAPTER_MESSAGES.get(case, message)
     bad = make(tmp_path / "bad")
     good = save_adapter(tmp_path / "good", target_modules=["q_proj", "o_proj"])
     model = PeftModel.from_pretrained(make_tiny_llama(), good, adapter_name="math", is_trainable=True)

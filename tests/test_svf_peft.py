@@ -7,8 +7,11 @@ import json
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model
+from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
 from safetensors.torch import load_file
 
+import peft_svf.svf.layer as svf_layer
+import peft_svf.svf.model as svf_model
 from peft_svf import SVFConfig
 from peft_svf.svf.layer import SVFLayer
 from tiny_models import make_tiny_gpt2, make_tiny_llama
@@ -184,6 +187,44 @@ def test_adapters_share_one_decomposition_and_switch_and_delete(input_ids):
     assert all("math" not in m.svf_vector for m in svf_layers(model).values())
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("keep_base_weight", False), ("svd_dtype", "float64"), ("factors_dtype", "float64")]
+)
+def test_later_adapter_conflicting_with_the_shared_decomposition_is_refused(field, value, input_ids):
+    model = get_peft_model(make_tiny_llama(), SVFConfig())
+    layer = next(iter(svf_layers(model).values()))
+    factors = (layer.svf_U.dtype, layer.get_base_layer().weight.numel())
+    with pytest.raises(
+        ValueError, match=rf"{field}={value!r}.*conflicts with .* of adapter 'default'.*share"
+    ):
+        model.add_adapter("other", SVFConfig(**{field: value}))
+    assert "other" not in model.peft_config and all(
+        "other" not in m.svf_vector for m in svf_layers(model).values()
+    )
+    assert (layer.svf_U.dtype, layer.get_base_layer().weight.numel()) == factors
+    model.add_adapter("same", SVFConfig())  # the first adapter's values are accepted
+
+
+def test_forward_mode_is_per_adapter(input_ids, monkeypatch):
+    """Each adapter computes its change its own way; the first adapter's mode no longer decides for all."""
+    model = get_peft_model(make_tiny_llama(), SVFConfig(forward_mode="factored", init_noise_std=0.5))
+    model.add_adapter("dense", SVFConfig(forward_mode="recompose", init_noise_std=0.5))
+    paths = []
+    for name in ("_forward_factored", "_forward_with_dense_change"):
+        real = getattr(svf_layer.SVFLayer, name)
+        monkeypatch.setattr(
+            svf_layer.SVFLayer,
+            name,
+            lambda self, x, c, real=real, name=name: paths.append(name) or real(self, x, c),
+        )
+    with torch.no_grad():
+        for adapter, path in (("default", "_forward_factored"), ("dense", "_forward_with_dense_change")):
+            model.set_adapter(adapter)
+            paths.clear()
+            model(input_ids)
+            assert set(paths) == {path}
+
+
 def test_target_modules_matching_nothing_is_an_error():
     with pytest.raises(ValueError, match="not found in the base model"):
         get_peft_model(make_tiny_llama(), SVFConfig(target_modules=["no_such_module"]))
@@ -196,8 +237,6 @@ def test_unsupported_module_type_is_named():
 
 def test_quantised_base_that_cannot_be_dequantised_is_refused(monkeypatch):
     """A forward-only backend (GPTQ, AWQ...) gives no weight to decompose: the module is named, not wrapped."""
-    import peft_svf.svf.model as svf_model
-    from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
 
     def gptq_for_q_proj(base, **kwargs):
         return ForwardOnlyQuantizationBackend("gptq") if base.out_features == 32 else None

@@ -50,12 +50,16 @@ class SVFConfig(PeftConfig):
             ``adapter_config.json`` holds) ignores them, with a warning when they differ from the defaults.
         forward_mode: ``"recompose"`` builds ``W + U diag(s' - s) V^T`` once per forward; ``"factored"``
             adds ``U ((s' - s) * (V^T x))`` to the base output; ``"auto"`` picks the cheaper one from the
-            number of tokens and the matrix shape.
+            number of tokens and the matrix shape. Per adapter; adapters used together that disagree get
+            ``"auto"``.
         keep_base_weight: ``False`` frees ``W`` after decomposition and computes with ``U diag(s') V^T``
             (saves memory; ``W`` is rebuilt from its factors on merge or unload, to float precision).
         init_weights: ``True`` starts every vector at the identity (plus ``init_noise_std`` noise); ``False``
             adds standard normal noise to it, so a fresh adapter already changes the model (as IA3's and
             VeRA's ``init_weights=False``; for tests of merging, saving and loading).
+
+    ``keep_base_weight``, ``svd_dtype`` and ``factors_dtype`` shape the one decomposition per layer that all of
+    a model's adapters share: a later adapter must use the first one's values (``ValueError`` otherwise).
     """
 
     target_modules: list[str] | str | None = field(

@@ -114,7 +114,7 @@ class SVFLayer(BaseTunerLayer):
     """The SVF state and maths; the base weight is read and written through PEFT's quantisation backend."""
 
     adapter_layer_names = ("svf_vector",)
-    other_param_names = ("svf_parameterization", "svf_max_mult")
+    other_param_names = ("svf_parameterization", "svf_max_mult", "svf_forward_mode")
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -125,7 +125,7 @@ class SVFLayer(BaseTunerLayer):
         self.svf_vector = nn.ParameterDict({})
         self.svf_parameterization: dict[str, str] = {}
         self.svf_max_mult: dict[str, float] = {}
-        self.forward_mode = "auto"
+        self.svf_forward_mode: dict[str, str] = {}
         self.frees_base_weight = False
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
@@ -173,6 +173,7 @@ class SVFLayer(BaseTunerLayer):
         self.set_vector(
             adapter_name, initial_vector(config, self.rank), config.parameterization, config.max_mult
         )
+        self.svf_forward_mode[adapter_name] = config.forward_mode
         # PEFT's convention: the base layer's device and float dtype; PeftModel then upcasts float16/bfloat16
         # to float32 unless autocast_adapter_dtype=False. The gain is computed in float32 either way.
         self._move_adapter_to_device_of_base_layer(adapter_name)
@@ -246,7 +247,6 @@ class SVFLayer(BaseTunerLayer):
         self.register_buffer("svf_U", factors.U.to(factors_dtype).contiguous(), persistent=False)
         self.register_buffer("svf_S", factors.S.float(), persistent=False)
         self.register_buffer("svf_Vh", factors.Vh.to(factors_dtype).contiguous(), persistent=False)
-        self.forward_mode = config.forward_mode
         if not config.keep_base_weight:
             self._free_base_weight()
 
@@ -350,8 +350,10 @@ class SVFLayer(BaseTunerLayer):
         return self.frees_base_weight
 
     def _use_recompose(self, x: torch.Tensor, adapter_names: list[str]) -> bool:
-        if self.forward_mode != "auto":
-            return self.forward_mode == "recompose"
+        """The adapters' ``forward_mode`` when they agree on one, else (or for ``"auto"``) the cheaper path."""
+        modes = {self.svf_forward_mode.get(name, "auto") for name in adapter_names}
+        if len(modes) == 1 and "auto" not in modes:
+            return modes.pop() == "recompose"
         tokens = x.numel() // self.in_features
         needs_grad = torch.is_grad_enabled() and any(self.svf_vector[n].requires_grad for n in adapter_names)
         return prefer_recompose(

@@ -62,6 +62,9 @@ TRANSFORMERS_MODELS_TO_SVF_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
 # Largest relative gain error accepted from storing a mixture's p' in float32 before storing it as "scale".
 _REPRESENTATION_TOL = 1e-6
 
+# Settings of the one decomposition per layer that all adapters share, fixed by the first adapter.
+_SHARED_FIELDS = ("keep_base_weight", "svd_dtype", "factors_dtype")
+
 # A mixture weight: one number for the whole adapter, or one per module (named as in the base model).
 Weight = float | Mapping[str, float]
 
@@ -102,6 +105,26 @@ class SVFModel(BaseTuner):
         """PEFT's injection, undone if it fails part-way (e.g. one unsupported module among the targets)."""
         with rolled_back_on_error(model):
             super().inject_adapter(model, adapter_name, *args, **kwargs)
+
+    def _check_new_adapter_config(self, config: SVFConfig) -> None:
+        """Refuse an adapter whose decomposition settings differ from the existing adapters' (PEFT's hook).
+
+        Every adapter of a layer rescales the same ``U diag(s) V^T``, made (and ``W`` kept or freed) when
+        the first adapter was added, so a later adapter's different value could not apply. ``forward_mode``
+        is per adapter instead: it only chooses how that adapter's change is computed.
+        """
+        super()._check_new_adapter_config(config)
+        for name, other in self.peft_config.items():
+            if other is config:
+                continue
+            for field_name in _SHARED_FIELDS:
+                new, old = getattr(config, field_name), getattr(other, field_name)
+                if new != old:
+                    raise ValueError(
+                        f"SVFConfig.{field_name}={new!r} of the new adapter conflicts with {old!r} of adapter "
+                        f"{name!r}: all SVF adapters of a model share one decomposition of each weight, made "
+                        f"with the first adapter's {field_name}, so {new!r} could not apply. Use {old!r}."
+                    )
 
     def _prepare_adapter_config(self, peft_config: SVFConfig, model_config: dict) -> SVFConfig:
         if peft_config.target_modules is None:
