@@ -5,10 +5,14 @@
     >>> sam.generate(prompts=[[{"role": "user", "content": "What is 7 * 8?"}]], max_new_tokens=32)
 
 See docs/adaptive.md.
+
+``train_classification_expert`` loads on first use: it trains, so it needs TRL and the ``Trainer``, which
+inference does not.
 """
 
+from typing import Any
+
 from .cem import CEMResult, MemberScore, evaluate_population
-from .classifier import train_classification_expert
 from .dispatch import (
     CLASSIFIER_ADAPTER,
     ClassifierDispatcher,
@@ -40,3 +44,11 @@ __all__ = [
     "temporary_mixtures",
     "train_classification_expert",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "train_classification_expert":
+        from .classifier import train_classification_expert
+
+        return train_classification_expert
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -74,8 +74,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..hub import write_model_card
+    from ..paths import RESULTS_FILE
     from ..tasks import get_task
-    from ..trainer.recipe import RESULTS_FILE
 
     data = read_table(args.data, args.prompt_column)
     reward = get_task(args.task).reward if args.task else make_reward(args.reward, data)

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..paths import EXPERT_DIR, RESULTS_FILE
 from ..tasks import get_task
-from ..trainer.recipe import EXPERT_DIR, RESULTS_FILE, train_expert
+from ..trainer.recipe import train_expert
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ from .convert import convert_official
 from .counting import count_svf_parameters
 from .layer import Linear, SVFLayer
 from .model import SVFModel
-from .registration import SVF_PEFT_TYPE, register_svf
+from .peft_type import SVF_PEFT_TYPE
+from .registration import register_svf
 
 register_svf()
 

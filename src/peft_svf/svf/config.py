@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from peft.config import PeftConfig
 
-from .registration import SVF_PEFT_TYPE
+from .peft_type import SVF_PEFT_TYPE
 
 PARAMETERIZATIONS = ("official", "scale")
 FORWARD_MODES = ("auto", "recompose", "factored")

@@ -546,7 +546,7 @@ def _names_svf(model_id: Any, config: Any, hub_kwargs: dict[str, Any]) -> bool:
     """Whether this load is of an SVF adapter (only those get the rollback; other methods keep PEFT's ways)."""
     from peft import PeftConfig
 
-    from .registration import SVF_PEFT_TYPE
+    from .peft_type import SVF_PEFT_TYPE
 
     if config is not None:
         return isinstance(config, SVFConfig)
@@ -583,7 +583,7 @@ def make_loads_transactional(peft_model_cls: type) -> None:
     def transactional_load_adapter(
         self: nn.Module, model_id: Any, adapter_name: str, *args: Any, **kwargs: Any
     ):
-        from .registration import SVF_PEFT_TYPE
+        from .peft_type import SVF_PEFT_TYPE
 
         if adapter_name in self.peft_config or self.peft_type != SVF_PEFT_TYPE:
             return load_adapter(self, model_id, adapter_name, *args, **kwargs)
