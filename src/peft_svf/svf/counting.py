@@ -14,9 +14,7 @@ from .model import SVFModel
 
 def count_svf_parameters(model: nn.Module, config: SVFConfig) -> int:
     """Sum of ``min(m, n)`` over the weights ``config`` would adapt in ``model``."""
-    prepared = SVFModel._prepare_adapter_config(
-        SVFModel, copy.deepcopy(config), BaseTuner.get_model_config(model)
-    )
+    prepared = SVFModel._prepare_adapter_config(copy.deepcopy(config), BaseTuner.get_model_config(model))
     if prepared.target_modules == "all-linear":
         from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
 

@@ -126,9 +126,14 @@ class SVFModel(BaseTuner):
                         f"with the first adapter's {field_name}, so {new!r} could not apply. Use {old!r}."
                     )
 
-    def _prepare_adapter_config(self, peft_config: SVFConfig, model_config: dict) -> SVFConfig:
+    @classmethod
+    def _prepare_adapter_config(cls, peft_config: SVFConfig, model_config: dict) -> SVFConfig:
+        """``target_modules=None``: the architecture's attention and MLP projections, else every linear layer.
+
+        A classmethod (IA3's is a staticmethod), so that counting can resolve targets without a tuner.
+        """
         if peft_config.target_modules is None:
-            mapped = self.target_module_mapping.get(model_config.get("model_type"))
+            mapped = cls.target_module_mapping.get(model_config.get("model_type"))
             peft_config.target_modules = set(mapped) if mapped else INCLUDE_LINEAR_LAYERS_SHORTHAND
         return peft_config
 
