@@ -37,7 +37,7 @@ from peft import get_peft_model
 from peft_svf import SVFConfig
 from peft_svf.adaptive import DispatchDecision, SelfAdaptiveModel, evaluate_population, temporary_mixtures
 from peft_svf.adaptive.generation import routed_generate, weights_carrying
-from peft_svf.adaptive.prompts import render
+from peft_svf.prompts import render
 from peft_svf.tasks import OFFLINE_UNSEEN_TASKS, get_task
 
 EXPERTS = ["math", "code", "reasoning"]

@@ -36,7 +36,7 @@ class ScriptedDispatcher(Dispatcher):
         self.table = table
 
     def dispatch(self, prompts):
-        from peft_svf.adaptive.prompts import question_of
+        from peft_svf.prompts import question_of
 
         return [self.table[question_of(p)] for p in prompts]
 

@@ -13,7 +13,7 @@ from peft import PeftModel
 from adaptive_helpers import EXPERTS, WORDS, tiny_experts
 from peft_svf.adaptive import CEMResult, SelfAdaptiveModel, evaluate_population
 from peft_svf.adaptive.mixing import svf_layers
-from peft_svf.adaptive.prompts import render
+from peft_svf.prompts import render
 from tasks_tiny_lm import tiny_chat_lm
 
 QUESTIONS = ["what is two plus three", "write a function", "which letter is the largest", "the answer is"]

@@ -10,8 +10,8 @@ from transformers import AutoTokenizer
 from peft_svf import SVFConfig
 from peft_svf.adaptive import SelfAdaptiveModel
 from peft_svf.adaptive.dispatch import ASSISTANT_PREFIX, label_first_tokens
-from peft_svf.adaptive.prompts import questions_from_ids, render
 from peft_svf.embedded import embedded_model_path, load_embedded_model
+from peft_svf.prompts import questions_from_ids, render
 from peft_svf.tasks import OFFLINE_UNSEEN_TASKS, get_task
 
 pytestmark = pytest.mark.embedded

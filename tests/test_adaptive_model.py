@@ -27,7 +27,7 @@ from peft_svf.adaptive import (
 )
 from peft_svf.adaptive.dispatch import label_first_tokens
 from peft_svf.adaptive.generation import greedy_texts, last_token_logits, shared_prefix_length, worth_merging
-from peft_svf.adaptive.prompts import questions_from_ids, render
+from peft_svf.prompts import questions_from_ids, render
 from peft_svf.tasks import evaluate, generate_completions
 from tasks_tiny_lm import tiny_chat_lm
 

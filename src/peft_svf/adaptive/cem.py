@@ -23,10 +23,10 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from ..prompts import render
 from ..tasks.rewards import checked_reward_call
 from .generation import greedy_texts, preserved_state
 from .mixing import Alpha, layer_names, mix_svf_adapters, temporary_mixtures
-from .prompts import render
 
 if TYPE_CHECKING:
     from .model import SelfAdaptiveModel

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..prompts import Prompt, question_of, render
 from ..tasks.classification import OTHERS, classification_prompt, parse_task_label
+from ..tokens import ensure_pad_token
 from .generation import greedy_texts, last_token_logits, single_adapter
 from .mixing import BASE, Alpha
-from .prompts import Prompt, question_of, render
 
 if TYPE_CHECKING:
     from .model import SelfAdaptiveModel
@@ -200,11 +202,10 @@ class SoftPromptDispatcher(PromptDispatcher):
         experts = list(sam.experts)
         labels = [*experts, OTHERS]
         token_ids = list(label_first_tokens(sam.tokenizer, self.assistant_prefix, labels).values())
-        if sam.tokenizer.pad_token_id is None:
-            sam.tokenizer.pad_token = sam.tokenizer.eos_token
+        pad = ensure_pad_token(sam.tokenizer)
         rows = [sam.tokenizer(t, add_special_tokens=False)["input_ids"] for t in self.pass_one_texts(prompts)]
         with single_adapter(sam.model, self.adapter_name or BASE, merge=False):
-            logits = last_token_logits(sam.model, rows, sam.tokenizer.pad_token_id, self.batch_size)
+            logits = last_token_logits(sam.model, rows, pad, self.batch_size)
         probabilities = torch.softmax(logits, dim=-1)[:, token_ids].cpu()
         decisions = []
         for row in probabilities.double():
@@ -237,19 +238,27 @@ def dispatch_confusion(
 ) -> dict[str, Any]:
     """Paper Figure 6: rows are true labels, columns predicted labels ("others" last), as counts and row fractions.
 
-    ``labelled_prompts`` maps a true label to its prompts. JSON-serialisable.
+    ``labelled_prompts`` maps a true label to its prompts. The matrix is square (a label only ever
+    predicted gets an empty row); the layout is :func:`confusion_matrix`'s. JSON-serialisable.
     """
-    predicted: dict[str, list[str]] = {}
+    predicted: dict[str, Counter[str]] = {}
     for true_label, prompts in labelled_prompts.items():
         decisions = sam_or_dispatcher.dispatch(list(prompts))
-        predicted[true_label] = [d.label if d.label is not None else OTHERS for d in decisions]
+        predicted[true_label] = Counter(d.label if d.label is not None else OTHERS for d in decisions)
     labels = [label for label in labelled_prompts if label != OTHERS]
     for guesses in predicted.values():
-        labels += [g for g in dict.fromkeys(guesses) if g not in labels and g != OTHERS]
+        labels += [g for g in guesses if g not in labels and g != OTHERS]
     labels.append(OTHERS)
-    matrix = [[0] * len(labels) for _ in labels]
-    for true_label, guesses in predicted.items():
-        for guess in guesses:
-            matrix[labels.index(true_label)][labels.index(guess)] += 1
+    return confusion_matrix({label: predicted.get(label, Counter()) for label in labels}, labels)
+
+
+def confusion_matrix(chosen: Mapping[str, Mapping[str, int]], labels: Sequence[str]) -> dict[str, Any]:
+    """Figure 6's layout, ``{"rows", "labels", "matrix", "fractions", "n"}``, from label counts per row.
+
+    ``chosen`` maps a row (a true label, or a task) to how often the dispatcher chose each label for its
+    prompts; ``labels`` orders the columns. ``fractions`` are per row (an empty row stays zeros).
+    """
+    matrix = [[counts.get(label, 0) for label in labels] for counts in chosen.values()]
     fractions = [[count / max(sum(row), 1) for count in row] for row in matrix]
-    return {"labels": labels, "matrix": matrix, "fractions": fractions, "n": sum(map(sum, matrix))}
+    return {"rows": list(chosen), "labels": list(labels), "matrix": matrix, "fractions": fractions,
+            "n": sum(map(sum, matrix))}  # fmt: skip

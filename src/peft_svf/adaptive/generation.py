@@ -20,6 +20,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.pytorch_utils import Conv1D
 
 from ..svf.mixed_batch import per_row_adapters
+from ..tokens import ensure_pad_token, eos_token_ids
 from .mixing import BASE, svf_layers
 
 # Below this many common tokens, caching a shared prompt prefix is not worth a separate forward pass.
@@ -214,12 +215,9 @@ def greedy_texts(
     exact. ``stop_when(text)`` ends a row early. Returns the decoded completions, each row's prompt ids
     and its generated ids (up to and including the first end-of-sequence token).
     """
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    pad = tokenizer.pad_token_id
+    pad = ensure_pad_token(tokenizer)
     device = next(model.parameters()).device
-    eos = model.generation_config.eos_token_id
-    eos_ids = {tokenizer.eos_token_id} | ({eos} if isinstance(eos, int) else set(eos or []))
+    eos_ids = eos_token_ids(tokenizer, model.generation_config)
     token_rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     size = batch_size or len(texts)
     greedy = {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": None, "top_p": None,

@@ -17,7 +17,9 @@ from peft import PeftModel
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from ..prompts import Prompt, questions_from_ids, render
 from ..svf.config import SVFConfig
+from ..tokens import ensure_pad_token
 from .cem import CEMResult, cem_adapt
 from .dispatch import (
     CLASSIFIER_ADAPTER,
@@ -30,7 +32,6 @@ from .dispatch import (
 )
 from .generation import routed_generate
 from .mixing import Alpha, temporary_mixtures
-from .prompts import Prompt, questions_from_ids, render
 
 DISPATCHERS = {"prompt": PromptDispatcher, "classifier": ClassifierDispatcher, "soft": SoftPromptDispatcher}
 
@@ -193,8 +194,7 @@ class SelfAdaptiveModel(nn.Module):
             if input_ids is not None:
                 raise ValueError("pass either prompts or input_ids, not both")
             prompts = list(prompts)
-            if self.tokenizer.pad_token_id is None:
-                self.tokenizer.pad_token = self.tokenizer.eos_token
+            ensure_pad_token(self.tokenizer)
             enc = self.tokenizer([render(self.tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
                                  padding_side="left", add_special_tokens=False).to(self.device)  # fmt: skip
             input_ids, attention_mask = enc["input_ids"], enc["attention_mask"]

@@ -77,7 +77,7 @@ def _completions(sam: Any, prompts: Sequence[Any], args: argparse.Namespace) -> 
     """Two-pass generation for a batch of prompts; the new text of each."""
     import torch
 
-    from ..adaptive.prompts import render
+    from ..prompts import render
 
     torch.manual_seed(args.seed)
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {

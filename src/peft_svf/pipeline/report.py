@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..adaptive.dispatch import confusion_matrix
 from .strategies import BASE, CLASSIFIER, FEW_SHOT, PROMPT, SOFT
 
 logger = logging.getLogger(__name__)
@@ -57,10 +58,11 @@ def experts_markdown(experts: dict[str, dict[str, Any]]) -> str:
 
 
 def confusion(unseen: dict[str, dict[str, Any]], method: str, domains: dict[str, str]) -> dict[str, Any]:
-    """Rows: each unseen task's true domain; columns: the labels the dispatcher chose (paper Figure 6)."""
-    labels = [*next(iter(unseen.values()))[method]["labels"]]
-    return {"rows": [domains[t] for t in unseen], "tasks": list(unseen), "labels": labels,
-            "matrix": [[unseen[t][method]["labels"][label] for label in labels] for t in unseen]}  # fmt: skip
+    """Paper Figure 6 in :func:`~peft_svf.adaptive.dispatch.confusion_matrix`'s layout, one row per unseen task:
+    ``rows`` name each task's true domain, ``tasks`` the tasks, columns the labels the dispatcher chose."""
+    labels = list(next(iter(unseen.values()))[method]["labels"])
+    table = confusion_matrix({task: unseen[task][method]["labels"] for task in unseen}, labels)
+    return {**table, "rows": [domains[task] for task in unseen], "tasks": list(unseen)}
 
 
 def write_report(folder: Path, summary: dict[str, Any]) -> list[Path]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from ..prompts import question_of
 from .extract import extract_boxed
 from .registry import chat_prompt, get_task
 from .rewards import CORRECT, WRONG, RewardFunc, completion_text
@@ -30,14 +31,18 @@ DEFAULT_DESCRIPTIONS = {
 
 
 def classification_prompt(
-    question: str, labels: list[str], descriptions: Mapping[str, str] | None = None, include_others: bool = True
+    question: str,
+    labels: list[str],
+    descriptions: Mapping[str, str] | None = None,
+    include_others: bool = True,
 ) -> list[dict[str, str]]:
     """The paper's adaptation prompt for ``labels`` (plus "others", meaning: use the base weights)."""
     descriptions = {**DEFAULT_DESCRIPTIONS, **(descriptions or {})}
     categories = [*labels, OTHERS] if include_others and OTHERS not in labels else list(labels)
     quoted = ", ".join(f"'{c}'" for c in categories[:-1]) + f", or '{categories[-1]}'"
     guide = "\n".join(
-        f"{i}. {c.capitalize()}: {descriptions.get(c, f'Questions about {c}')}..." for i, c in enumerate(categories, 1)
+        f"{i}. {c.capitalize()}: {descriptions.get(c, f'Questions about {c}')}..."
+        for i, c in enumerate(categories, 1)
     )
     text = (
         f"Analyze the given question and classify it into one of {len(categories)} categories: {quoted}. "
@@ -67,14 +72,12 @@ def task_id_reward(label_column: str = "label", labels_column: str = "labels_off
     def task_id_reward(completions: list, **columns: Any) -> list[float]:
         return [
             CORRECT if parse_task_label(completion_text(c), list(offered), fallback="") == label else WRONG
-            for c, label, offered in zip(completions, columns[label_column], columns[labels_column], strict=True)
+            for c, label, offered in zip(
+                completions, columns[label_column], columns[labels_column], strict=True
+            )
         ]
 
     return task_id_reward
-
-
-def _question(prompt: list[dict[str, str]]) -> str:
-    return [m["content"] for m in prompt if m["role"] == "user"][-1]
 
 
 def build_task_id_dataset(
@@ -98,7 +101,7 @@ def build_task_id_dataset(
         data = get_task(name).load(split, **dict((load_kwargs or {}).get(name, {})))
         count = len(data) if n_per_task is None else min(n_per_task, len(data))
         for prompt in data.select(range(count))["prompt"]:
-            question = _question(prompt)
+            question = question_of(prompt)
             rows.append({"prompt": classification_prompt(question, labels, descriptions), "label": label,
                          "task": name, "question": question, "labels_offered": labels})  # fmt: skip
     random.Random(seed).shuffle(rows)

@@ -15,14 +15,10 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from ..prompts import render
+from ..tokens import ensure_pad_token
 from .registry import Task, get_task
 from .rewards import RewardFunc, checked_reward_call
-
-
-def _render(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
 
 
 @torch.inference_mode()
@@ -47,11 +43,9 @@ def generate_completions(
     """
     if seed is not None:
         torch.manual_seed(seed)
-    if tokenizer.pad_token_id is None:  # left padding needs one; EOS is the usual stand-in for chat models
-        tokenizer.pad_token = tokenizer.eos_token
-    pad_id = tokenizer.pad_token_id
+    pad_id = ensure_pad_token(tokenizer)  # left padding needs one
     device = next(model.parameters()).device
-    texts = [_render(tokenizer, p) for p in prompts]
+    texts = [render(tokenizer, p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     results: list[list[str]] = [[] for _ in texts]
     was_training = model.training
@@ -88,7 +82,9 @@ class EvalResult:
     records: list[dict[str, Any]] = field(repr=False)
 
 
-def _resolve(task_or_dataset: str | Task | Dataset, split: str, reward: RewardFunc | None) -> tuple[Dataset, RewardFunc, int | None]:
+def _resolve(
+    task_or_dataset: str | Task | Dataset, split: str, reward: RewardFunc | None
+) -> tuple[Dataset, RewardFunc, int | None]:
     if isinstance(task_or_dataset, str):
         task_or_dataset = get_task(task_or_dataset)
     if isinstance(task_or_dataset, Task):
@@ -134,7 +130,9 @@ def evaluate(
     correct = sum(r["correct"] for r in records)
     accuracy = correct / len(records) if records else 0.0
     normalized = None if not base_accuracy else accuracy / base_accuracy
-    return EvalResult(accuracy=accuracy, n=len(records), correct=correct, normalized_score=normalized, records=records)
+    return EvalResult(
+        accuracy=accuracy, n=len(records), correct=correct, normalized_score=normalized, records=records
+    )
 
 
 def pass_at_k(

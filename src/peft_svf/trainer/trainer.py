@@ -27,10 +27,12 @@ from transformers import (
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
-from trl.data_utils import is_conversational, maybe_apply_chat_template
+from trl.data_utils import is_conversational
 from trl.trainer.utils import identity
 
+from ..prompts import render
 from ..tasks.rewards import RewardFunc, checked_reward_call, reward_name
+from ..tokens import ensure_pad_token, eos_token_ids
 from .checkpoints import (
     checkpoint_problems,
     numbered_checkpoints,
@@ -83,15 +85,10 @@ class SVFTrainer(Trainer):
         model = self._prepare_peft_model(model, peft_config)
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
-        if processing_class.pad_token is None:
-            processing_class.pad_token = processing_class.eos_token
-        model.config.pad_token_id = processing_class.pad_token_id
+        model.config.pad_token_id = ensure_pad_token(processing_class)
         model.generation_config.pad_token_id = processing_class.pad_token_id
         # Every EOS the model declares (e.g. an end-of-turn token) ends a completion, not only the tokenizer's.
-        eos = model.generation_config.eos_token_id
-        eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        if processing_class.eos_token_id is not None and processing_class.eos_token_id not in eos_ids:
-            eos_ids.insert(0, processing_class.eos_token_id)
+        eos_ids = eos_token_ids(processing_class, model.generation_config)
         if not eos_ids:
             raise ValueError(
                 "SVFTrainer needs an EOS token (tokenizer or generation config) to end completions."
@@ -183,7 +180,7 @@ class SVFTrainer(Trainer):
         """Complete every prompt ``num_generations`` times: seeded sampling for training, greedy for eval."""
         rows = [row for row in rows for _ in range(num_generations)]
         prompts = [row["prompt"] for row in rows]
-        texts = [maybe_apply_chat_template({"prompt": p}, self.processing_class)["prompt"] for p in prompts]
+        texts = [render(self.processing_class, p) for p in prompts]
         conversational = is_conversational({"prompt": prompts[0]})
         encoded = self.processing_class(
             text=texts,

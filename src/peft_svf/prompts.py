@@ -1,8 +1,9 @@
 """Prompts in and out of token ids: rendering chat prompts and recovering the question a prompt asks.
 
-Pass 1 asks about the *question*, not the whole rendered chat: a caller such as
-:func:`peft_svf.tasks.evaluate` hands ``generate`` token ids of a chat-templated prompt, so the user turn
-is cut back out of the decoded text with markers learned from the tokenizer's own chat template.
+Training, evaluation and two-pass inference all render prompts here, so a prompt reads the same to the
+model whichever of them feeds it. Pass 1 asks about the *question*, not the whole rendered chat: a caller
+such as :func:`peft_svf.tasks.evaluate` hands ``generate`` token ids of a chat-templated prompt, so the
+user turn is cut back out of the decoded text with markers learned from the tokenizer's own chat template.
 """
 
 from __future__ import annotations
@@ -19,12 +20,21 @@ _SENTINEL = "\x00QUESTION\x00"
 
 
 def render(tokenizer: Any, prompt: Prompt) -> str:
-    """The text the model sees: chat messages through the chat template (with the generation prompt)."""
+    """The text the model sees: a string as it is, chat messages through the tokenizer's chat template.
+
+    The template opens the assistant's turn, or continues it when the last message is the assistant's
+    (a prefilled answer), as TRL's ``maybe_apply_chat_template`` does. A tokenizer without a chat
+    template gets the messages' contents, one per line.
+    """
     if isinstance(prompt, str):
         return prompt
+    messages = list(prompt)
     if getattr(tokenizer, "chat_template", None) is None:
-        return "\n".join(str(message["content"]) for message in prompt)
-    return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+        return "\n".join(str(message["content"]) for message in messages)
+    prefilled = messages[-1].get("role") == "assistant"
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=not prefilled, continue_final_message=prefilled, tokenize=False
+    )
 
 
 def question_of(prompt: Prompt) -> str:
