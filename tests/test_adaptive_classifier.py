@@ -3,10 +3,53 @@
 from __future__ import annotations
 
 import json
+import re
+
+import torch
 
 from adaptive_helpers import EXPERTS, WORDS, tiny_experts
-from peft_svf.adaptive import SelfAdaptiveModel, train_classification_expert
+from peft_svf.adaptive import SelfAdaptiveModel, SoftPromptDispatcher, train_classification_expert
+from peft_svf.adaptive.dispatch import ASSISTANT_PREFIX, CLASSIFIER_ADAPTER
+from peft_svf.tasks.classification import classification_prompt
 from tasks_tiny_lm import tiny_chat_lm
+
+QUESTIONS = ["what is two plus three", "write a function", "which letter is the largest", "the answer",
+             "two plus two", "write the answer", "what is the largest letter", "a function plus a function"]  # fmt: skip
+
+
+def _prompt_ids(tokenizer, question: str) -> list[int]:
+    """Pass 1's prompt, rendered here with the chat template itself."""
+    text = tokenizer.apply_chat_template(classification_prompt(question, EXPERTS), tokenize=False,
+                                         add_generation_prompt=True)  # fmt: skip
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def _greedy_answer(model, tokenizer, question: str, max_new_tokens: int) -> str:
+    """A plain greedy loop, one full forward per token, stopping at EOS or a closed ``\\boxed{}``."""
+    ids = _prompt_ids(tokenizer, question)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+        new.append(token)
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        if token == tokenizer.eos_token_id or re.search(r"\\boxed\{[^{}]*\}", text):
+            break
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def _label_argmax(model, tokenizer, question: str) -> str:
+    """The label whose first token is likeliest after ``Classification: \\boxed{`` (one full forward)."""
+    ids = (
+        _prompt_ids(tokenizer, question) + tokenizer(ASSISTANT_PREFIX, add_special_tokens=False)["input_ids"]
+    )
+    logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    labels = [*EXPERTS, "others"]
+    first = [
+        tokenizer(ASSISTANT_PREFIX + label, add_special_tokens=False)["input_ids"][-1] for label in labels
+    ]
+    return labels[int(logits[first].argmax())]
 
 
 def test_train_classification_expert_saves_a_loadable_z_c(tmp_path):
@@ -26,5 +69,19 @@ def test_train_classification_expert_saves_a_loadable_z_c(tmp_path):
         tiny_chat_lm(WORDS)[0], experts={e: tmp_path / "experts" / e for e in EXPERTS}, tokenizer=tokenizer,
         dispatcher="classifier", classifier=results["path"],
     )  # fmt: skip
-    decisions = sam.dispatch(["what is two plus three"])
-    assert decisions[0].label in [*EXPERTS, "others"]
+    decisions = sam.dispatch(QUESTIONS)
+    soft = SoftPromptDispatcher(adapter_name=CLASSIFIER_ADAPTER).bind(sam).dispatch(QUESTIONS)
+    # the same answers from the plain model: with z_c active, and (to show that z_c decides) with none
+    sam.model.set_adapter(CLASSIFIER_ADAPTER)
+    with_z_c = [_greedy_answer(sam.model, tokenizer, q, max_new_tokens=32) for q in QUESTIONS]
+    argmax_z_c = [_label_argmax(sam.model, tokenizer, q) for q in QUESTIONS]
+    with sam.model.disable_adapter():
+        without = [_greedy_answer(sam.model, tokenizer, q, max_new_tokens=32) for q in QUESTIONS]
+        argmax_base = [_label_argmax(sam.model, tokenizer, q) for q in QUESTIONS]
+    assert (
+        with_z_c != without and argmax_z_c != argmax_base and len(set(argmax_z_c)) > 1
+    )  # the check can fail
+    assert [d.text for d in decisions] == with_z_c
+    # none of these answers closes a \boxed{} naming an expert, so each one means the base weights
+    assert [(d.label, d.base) for d in decisions] == [("others", 1.0)] * len(QUESTIONS)
+    assert [d.label for d in soft] == argmax_z_c
