@@ -4,6 +4,7 @@ examples:
   peft-svf train --task offline_math                 # an expert on the embedded SmolLM2-135M-Instruct
   peft-svf generate --expert math=experts/math/expert "What is 3 + 4?"
   peft-svf eval --task offline_math --adapter experts/math/expert
+  peft-svf export --expert math=experts/math/expert --lora-rank 64 --output-dir exports/math-lora
   peft-svf push experts/math/expert me/smollm2-math-svf
   peft-svf run                                       # the main job (peft_svf.pipeline)
 
@@ -17,10 +18,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import adapt, evaluate, generate, push, run, train
+from . import adapt, evaluate, export, generate, push, run, train
 from .common import Parser, is_user_error, one_line
 
-COMMANDS = (train, adapt, generate, evaluate, push, run)
+COMMANDS = (train, adapt, generate, evaluate, export, push, run)
 
 
 def build_parser() -> Parser:
