@@ -36,8 +36,9 @@ from peft import get_peft_model
 
 from peft_svf import SVFConfig
 from peft_svf.adaptive import DispatchDecision, SelfAdaptiveModel, evaluate_population, temporary_mixtures
-from peft_svf.adaptive.generation import routed_generate, weights_carrying
+from peft_svf.adaptive.generation import routed_generate
 from peft_svf.prompts import render
+from peft_svf.svf.merging import merged_for_inference
 from peft_svf.tasks import OFFLINE_UNSEEN_TASKS, get_task
 
 EXPERTS = ["math", "code", "reasoning"]
@@ -100,17 +101,17 @@ def encode(tokenizer: Any, prompts: list[Any], device: torch.device) -> dict[str
 
 
 def pass_two(
-    sam: SelfAdaptiveModel, decisions: list, enc: dict, tokens: int, merge: Any, rank: int | float | None
+    adaptive_model: SelfAdaptiveModel, decisions: list, enc: dict, tokens: int, merge: Any, rank: int | float | None
 ) -> tuple[float, float]:
     """(seconds building the mixtures, seconds generating) for these decisions."""
-    rows, mixtures = sam._rows(decisions)
+    rows, mixtures = adaptive_model._rows(decisions)
     kwargs = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False,
-              "pad_token_id": sam.tokenizer.pad_token_id}  # fmt: skip
+              "pad_token_id": adaptive_model.tokenizer.pad_token_id}  # fmt: skip
     start = time.perf_counter()
-    with temporary_mixtures(sam.model, mixtures):
+    with temporary_mixtures(adaptive_model.model, mixtures):
         built = time.perf_counter()
         with torch.inference_mode():
-            routed_generate(sam.model, rows, merge=merge, per_row_rank=rank, **enc, **kwargs)
+            routed_generate(adaptive_model.model, rows, merge=merge, per_row_rank=rank, **enc, **kwargs)
         done = time.perf_counter()
     return built - start, done - built
 
@@ -120,9 +121,9 @@ def overhead(sam_by_name: dict[str, SelfAdaptiveModel], prompts: list, enc: dict
     model, tokenizer = sam_by_name["prompt"].model, sam_by_name["prompt"].tokenizer
     base_kwargs = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id}
     rows, decisions_by = [], {}
-    for name, sam in sam_by_name.items():
-        pass_one = best_of(repeats, lambda s=sam: s.dispatch(prompts))
-        decisions_by[name] = (pass_one, sam.dispatch(prompts))
+    for name, adaptive_model in sam_by_name.items():
+        pass_one = best_of(repeats, lambda s=adaptive_model: s.dispatch(prompts))
+        decisions_by[name] = (pass_one, adaptive_model.dispatch(prompts))
 
     def one_hot(label: str) -> DispatchDecision:
         return DispatchDecision(label, {e: float(e == label) for e in EXPERTS})
@@ -166,14 +167,14 @@ def merge_seconds(model: Any, repeats: int) -> float:
     """Adding one expert into the dense weights and putting them back: what "merged" pays per call."""
 
     def merge() -> None:
-        with weights_carrying(model, "math"):
+        with merged_for_inference(model, "math"):
             pass
 
     return best_of(repeats, merge)
 
 
 def cem_speed(
-    sam: SelfAdaptiveModel, population: int, shots: int, tokens: int, repeats: int
+    adaptive_model: SelfAdaptiveModel, population: int, shots: int, tokens: int, repeats: int
 ) -> dict[str, Any]:
     task = get_task(OFFLINE_UNSEEN_TASKS[0])
     data = task.load("train").select(range(shots))
@@ -182,13 +183,13 @@ def cem_speed(
     kwargs = {"max_new_tokens": tokens}
     batched_s, batched = min(
         (
-            timed(lambda: evaluate_population(sam, alphas, data, task.reward, batched=True, **kwargs))
+            timed(lambda: evaluate_population(adaptive_model, alphas, data, task.reward, batched=True, **kwargs))
             for _ in range(repeats)
         ),
         key=lambda r: r[0],
     )
     serial_s, serial = timed(
-        lambda: evaluate_population(sam, alphas, data, task.reward, batched=False, **kwargs)
+        lambda: evaluate_population(adaptive_model, alphas, data, task.reward, batched=False, **kwargs)
     )
     same = [s.accuracy for s in batched] == [s.accuracy for s in serial]
     return {"population": population, "shots": shots, "max_new_tokens": tokens, "batched_s": round(batched_s, 2),
@@ -226,15 +227,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     load_start = os.getloadavg()[0]
     model, tokenizer = build(args.noise, args.random_weights, args.device, getattr(torch, args.dtype))
-    sams = {
+    adaptive_models = {
         name: SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=name) for name in ("prompt", "soft")
     }
     prompts = prompts_for(batch)
-    enc = encode(tokenizer, prompts, sams["prompt"].device)
-    rows, labels = overhead(sams, prompts, enc, tokens, repeats, args.ranks)
+    enc = encode(tokenizer, prompts, adaptive_models["prompt"].device)
+    rows, labels = overhead(adaptive_models, prompts, enc, tokens, repeats, args.ranks)
     merge_s = merge_seconds(model, repeats)
     print(f"merge: {merge_s:.2f} s")
-    cem = cem_speed(sams["prompt"], population, shots, cem_tokens, 1)
+    cem = cem_speed(adaptive_models["prompt"], population, shots, cem_tokens, 1)
     print(json.dumps(cem))
     report = {
         "model": f"SmolLM2-135M-Instruct ({'random weights' if args.random_weights else 'embedded'})",

@@ -32,7 +32,7 @@ from datasets import Dataset
 from peft import PeftModel, get_peft_model
 
 from peft_svf import SVFConfig
-from peft_svf.adaptive import SelfAdaptiveModel
+from peft_svf.adaptive import CEMConfig, SelfAdaptiveModel
 from peft_svf.tasks import chat_prompt, evaluate
 from peft_svf.tasks.rewards import numeric_reward
 
@@ -118,30 +118,33 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     if args.quick:
         names = ["math", "code", "reasoning"]
-        sam = SelfAdaptiveModel(random_experts(model, names), tokenizer, experts=names)
+        adaptive_model = SelfAdaptiveModel(random_experts(model, names), tokenizer, experts=names)
     else:
         experts = dict(item.split("=", 1) for item in args.experts)
-        sam = SelfAdaptiveModel.from_pretrained(model, experts=experts, tokenizer=tokenizer)
-    print(f"experts: {', '.join(sam.experts)}; {len(shots)} shots, {len(held_out)} held-out examples")
+        adaptive_model = SelfAdaptiveModel.from_pretrained(model, experts=experts, tokenizer=tokenizer)
+    print(
+        f"experts: {', '.join(adaptive_model.experts)}; {len(shots)} shots, {len(held_out)} held-out examples"
+    )
 
     def accuracy(m: torch.nn.Module) -> float:
         return evaluate(m, held_out, tokenizer, reward=reward, max_new_tokens=args.max_new_tokens,
                         progress=False).accuracy  # fmt: skip
 
-    with sam.model.disable_adapter():
-        base = accuracy(sam.model)
+    with adaptive_model.model.disable_adapter():
+        base = accuracy(adaptive_model.model)
 
-    result = sam.adapt(shots, reward, population_size=args.population, generations=args.generations,
-                       adapter_name="unit_conversion", max_new_tokens=args.max_new_tokens, progress=False)  # fmt: skip
+    cem = CEMConfig(population_size=args.population, generations=args.generations, adapter_name="unit_conversion",
+                    max_new_tokens=args.max_new_tokens, progress=False)  # fmt: skip
+    result = adaptive_model.adapt(shots, reward, cem)
     alpha = ", ".join(f"{k}={v:.3f}" for k, v in result.alpha.items())
     print(f"CEM: {args.generations} generations x {args.population} mixtures; best alpha {alpha}; "
           f"few-shot accuracy {result.score:.2f}")  # fmt: skip
 
-    sam.use_mixture(result.adapter_name)
-    adapted = accuracy(sam)
+    adaptive_model.use_mixture(result.adapter_name)
+    adapted = accuracy(adaptive_model)
     print(f"held-out accuracy: base {base:.2%}, adapted {adapted:.2%}")
 
-    sam.model.save_pretrained(str(args.output_dir), selected_adapters=[result.adapter_name])
+    adaptive_model.model.save_pretrained(str(args.output_dir), selected_adapters=[result.adapter_name])
     saved = args.output_dir / result.adapter_name
     print(f"saved the mixture as an SVF adapter: {sorted(p.name for p in saved.iterdir())} in {saved}")
 
@@ -149,9 +152,9 @@ def main() -> None:
     reloaded = PeftModel.from_pretrained(load_model(args.model)[0], str(saved))
     batch = tokenizer.apply_chat_template(held_out[0]["prompt"], add_generation_prompt=True, return_tensors="pt",
                                           return_dict=True).to(reloaded.device)  # fmt: skip
-    sam.model.set_adapter(result.adapter_name)
+    adaptive_model.model.set_adapter(result.adapter_name)
     with torch.no_grad():
-        same = torch.equal(reloaded(**batch).logits, sam.model(**batch).logits)
+        same = torch.equal(reloaded(**batch).logits, adaptive_model.model(**batch).logits)
     print(f"reloaded adapter gives identical logits: {same}")
 
 

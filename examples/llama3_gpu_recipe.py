@@ -326,7 +326,7 @@ def stage_table2(args: argparse.Namespace) -> None:
     Every method is scored on the same items: the test split less the few-shot examples CEM sees (the
     paper holds those out the same way). Also writes Figure 6 (dispatch confusion), Figure 7 (CEM's alpha)
     and Table 3 (pass-1 and total time of each two-pass strategy)."""
-    from peft_svf.adaptive import SelfAdaptiveModel, dispatch_confusion
+    from peft_svf.adaptive import CEMConfig, SelfAdaptiveModel, dispatch_confusion
 
     model, tokenizer = load_model(args.model)
     tasks = {name: get_task(name) for name in UNSEEN_TASKS.values()}
@@ -354,14 +354,14 @@ def stage_table2(args: argparse.Namespace) -> None:
 
     experts = {domain: str(best_expert(args.output_dir, task)) for domain, task in EXPERT_TASKS.items()}
     classifier = args.output_dir / "classifier" / "adapter"
-    sam = SelfAdaptiveModel.from_pretrained(
+    adaptive_model = SelfAdaptiveModel.from_pretrained(
         model, experts=experts, dispatcher="prompt", tokenizer=tokenizer,
         classifier=str(classifier) if classifier.exists() else None,
     )  # fmt: skip
-    strategies = {"prompt": sam}
+    strategies = {"prompt": adaptive_model}
     if classifier.exists():
         strategies["classifier"] = SelfAdaptiveModel(
-            sam.model, tokenizer, list(experts), dispatcher="classifier"
+            adaptive_model.model, tokenizer, list(experts), dispatcher="classifier"
         )
     for name, task in tasks.items():
         prompts = list(held_out[name]["prompt"])
@@ -372,15 +372,18 @@ def stage_table2(args: argparse.Namespace) -> None:
             rows[name][label] = score(strategy, held_out[name], task, tokenizer, base[name]) | {
                 "pass1_s": pass_one
             }
-        cem = sam.adapt(shots[name], task.reward, population_size=args.cem_population, elite_ratio=0.2,
-                        generations=args.cem_generations, per_layer=args.cem_per_layer, normalize=args.cem_normalize,
-                        adapter_name=f"few_shot_{name}", seed=args.seed, max_new_tokens=task.max_new_tokens,
-                        batch_size=32)  # fmt: skip
-        sam.use_mixture(cem.adapter_name)
-        rows[name]["few-shot"] = score(sam, held_out[name], task, tokenizer, base[name]) | {
+        cem_config = CEMConfig(population_size=args.cem_population, elite_ratio=0.2, generations=args.cem_generations,
+                               per_layer=args.cem_per_layer, normalize=args.cem_normalize,
+                               adapter_name=f"few_shot_{name}", seed=args.seed, max_new_tokens=task.max_new_tokens,
+                               batch_size=32)  # fmt: skip
+        cem = adaptive_model.adapt(shots[name], task.reward, cem_config)
+        adaptive_model.use_mixture(cem.adapter_name)
+        rows[name]["few-shot"] = score(adaptive_model, held_out[name], task, tokenizer, base[name]) | {
             "alpha": cem.alpha, "few_shot_accuracy": cem.score}  # fmt: skip
-        sam.use_mixture(None)
-        sam.model.save_pretrained(str(args.output_dir / "few_shot"), selected_adapters=[cem.adapter_name])
+        adaptive_model.use_mixture(None)
+        adaptive_model.model.save_pretrained(
+            str(args.output_dir / "few_shot"), selected_adapters=[cem.adapter_name]
+        )
         print(name, json.dumps({method: row["accuracy"] for method, row in rows[name].items()}))
 
     labelled = {domain: list(held_out[name]["prompt"]) for domain, name in UNSEEN_TASKS.items()}

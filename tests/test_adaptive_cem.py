@@ -11,7 +11,7 @@ from datasets import Dataset
 from peft import PeftModel
 
 from adaptive_helpers import EXPERTS, WORDS, tiny_experts
-from peft_svf.adaptive import CEMResult, SelfAdaptiveModel, evaluate_population
+from peft_svf.adaptive import CEMConfig, CEMResult, SelfAdaptiveModel, evaluate_population
 from peft_svf.adaptive.mixing import svf_layers
 from peft_svf.prompts import render
 from tasks_tiny_lm import tiny_chat_lm
@@ -48,32 +48,32 @@ def toy(expert: str = "code"):
 
 
 def test_cem_finds_the_expert_that_is_right():
-    sam, data, reward = toy("code")
+    adaptive_model, data, reward = toy("code")
     others = evaluate_population(
-        sam, [{"math": 1.0}, {"reasoning": 1.0}], data, reward, max_new_tokens=TOKENS
+        adaptive_model, [{"math": 1.0}, {"reasoning": 1.0}], data, reward, max_new_tokens=TOKENS
     )
     assert max(s.accuracy for s in others) < 1.0  # the other experts really answer differently
-    result = sam.adapt(
-        data, reward, population_size=12, generations=3, max_new_tokens=TOKENS, seed=0, progress=False
+    result = adaptive_model.adapt(
+        data, reward, CEMConfig(population_size=12, generations=3, max_new_tokens=TOKENS, seed=0, progress=False)
     )
     assert isinstance(result, CEMResult) and result.adapter_name == "few_shot"
     assert result.score == 1.0
     assert max(result.alpha, key=result.alpha.get) == "code"
     assert len(result.history) == 3 and result.history[-1]["best_accuracy"] == 1.0
     json.dumps(result.to_dict())
-    assert "few_shot" in sam.model.peft_config
+    assert "few_shot" in adaptive_model.model.peft_config
     assert not any(
-        name.startswith("__cem") for layer in svf_layers(sam.model).values() for name in layer.svf_vector
+        name.startswith("__cem") for layer in svf_layers(adaptive_model.model).values() for name in layer.svf_vector
     )
 
 
 def test_batched_population_scores_equal_member_by_member():
-    sam, data, reward = toy("code")
+    adaptive_model, data, reward = toy("code")
     rng = np.random.default_rng(0)
     alphas = [dict(zip(EXPERTS, rng.uniform(0, 1, 3).tolist(), strict=True)) for _ in range(6)]
     alphas.append({"code": 1.0})
-    batched = evaluate_population(sam, alphas, data, reward, max_new_tokens=TOKENS, batched=True)
-    one_by_one = evaluate_population(sam, alphas, data, reward, max_new_tokens=TOKENS, batched=False)
+    batched = evaluate_population(adaptive_model, alphas, data, reward, max_new_tokens=TOKENS, batched=True)
+    one_by_one = evaluate_population(adaptive_model, alphas, data, reward, max_new_tokens=TOKENS, batched=False)
     assert [s.correct for s in batched] == [s.correct for s in one_by_one]
     assert [s.accuracy for s in batched] == [s.accuracy for s in one_by_one]
     for a, b in zip(batched, one_by_one, strict=True):
@@ -84,9 +84,9 @@ def test_batched_population_scores_equal_member_by_member():
 
 
 def test_log_likelihood_is_the_mean_token_log_probability_of_correct_answers():
-    sam, data, reward = toy("code")
-    (score,) = evaluate_population(sam, [{"code": 1.0}], data, reward, max_new_tokens=TOKENS)
-    model, tokenizer = sam.model, sam.tokenizer
+    adaptive_model, data, reward = toy("code")
+    (score,) = evaluate_population(adaptive_model, [{"code": 1.0}], data, reward, max_new_tokens=TOKENS)
+    model, tokenizer = adaptive_model.model, adaptive_model.tokenizer
     model.set_adapter("code")
     total, count = 0.0, 0
     for question in QUESTIONS:
@@ -102,28 +102,54 @@ def test_log_likelihood_is_the_mean_token_log_probability_of_correct_answers():
 
 
 def test_per_layer_normalised_cem_and_saved_result_round_trip(tmp_path):
-    sam, data, reward = toy("math")
-    result = sam.adapt(data, reward, population_size=4, generations=1, per_layer=True, normalize=True,
-                       adapter_name="cem_toy", max_new_tokens=TOKENS, progress=False)  # fmt: skip
-    modules = list(svf_layers(sam.model))
+    adaptive_model, data, reward = toy("math")
+    config = CEMConfig(population_size=4, generations=1, per_layer=True, normalize=True, adapter_name="cem_toy",
+                       max_new_tokens=TOKENS, progress=False)  # fmt: skip
+    result = adaptive_model.adapt(data, reward, config)
+    modules = list(svf_layers(adaptive_model.model))
     assert set(result.alpha) == set(EXPERTS) and all(set(a) == set(modules) for a in result.alpha.values())
     for module in modules:
         assert sum(result.alpha[e][module] for e in EXPERTS) == pytest.approx(1.0)
-    sam.model.save_pretrained(tmp_path, selected_adapters=["cem_toy"])
+    adaptive_model.model.save_pretrained(tmp_path, selected_adapters=["cem_toy"])
     fresh, _ = tiny_chat_lm(WORDS)
     loaded = PeftModel.from_pretrained(fresh, tmp_path / "cem_toy", adapter_name="cem_toy").eval()
-    sam.model.set_adapter("cem_toy")
+    adaptive_model.model.set_adapter("cem_toy")
     ids = torch.arange(3, 14)[None]
     with torch.no_grad():
-        assert torch.equal(loaded(ids).logits, sam.model(ids).logits)
+        assert torch.equal(loaded(ids).logits, adaptive_model.model(ids).logits)
     with pytest.raises(ValueError, match="exists already"):
-        sam.adapt(data, reward, population_size=4, generations=1, adapter_name="cem_toy", progress=False)
+        adaptive_model.adapt(data, reward, config)
 
 
 def test_cem_result_is_usable_as_a_fixed_mixture():
-    sam, data, reward = toy("code")
-    result = sam.adapt(data, reward, population_size=6, generations=1, max_new_tokens=TOKENS, progress=False)
-    sam.use_mixture(result.adapter_name)
-    out = sam.generate(prompts=[data[0]["prompt"]], max_new_tokens=TOKENS, do_sample=False)
-    sam.use_mixture(result.alpha)
-    assert torch.equal(sam.generate(prompts=[data[0]["prompt"]], max_new_tokens=TOKENS, do_sample=False), out)
+    adaptive_model, data, reward = toy("code")
+    result = adaptive_model.adapt(
+        data, reward, CEMConfig(population_size=6, generations=1, max_new_tokens=TOKENS, progress=False)
+    )
+    adaptive_model.use_mixture(result.adapter_name)
+    out = adaptive_model.generate(prompts=[data[0]["prompt"]], max_new_tokens=TOKENS, do_sample=False)
+    adaptive_model.use_mixture(result.alpha)
+    assert torch.equal(adaptive_model.generate(prompts=[data[0]["prompt"]], max_new_tokens=TOKENS, do_sample=False), out)
+
+
+def test_first_release_keyword_arguments_still_work_with_a_future_warning():
+    adaptive_model, data, reward = toy("code")
+    settings = {"population_size": 6, "generations": 2, "max_new_tokens": TOKENS, "progress": False}
+    with pytest.warns(FutureWarning, match="CEMConfig"):
+        old = adaptive_model.adapt(data, reward, adapter_name="old", **settings)
+    new = adaptive_model.adapt(data, reward, CEMConfig(adapter_name="new", **settings))
+    assert old.alpha == new.alpha and old.history == new.history
+    with pytest.raises(TypeError, match="populaton_size"):
+        adaptive_model.adapt(data, reward, populaton_size=6)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"population_size": 1}, {"elite_ratio": 0.0}, {"elite_ratio": 1.5}, {"generations": 0},
+     {"max_new_tokens": 0}, {"batch_size": 0}, {"per_row_rank": 0}, {"per_row_rank": 1.5},
+     {"per_row_rank": True}],
+)  # fmt: skip
+def test_cem_config_refuses_bad_settings_naming_the_field(bad):
+    (field,) = bad
+    with pytest.raises(ValueError, match=field):
+        CEMConfig(**bad)

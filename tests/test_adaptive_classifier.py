@@ -65,19 +65,19 @@ def test_train_classification_expert_saves_a_loadable_z_c(tmp_path):
 
     experts, _ = tiny_experts()
     experts.save_pretrained(tmp_path / "experts")
-    sam = SelfAdaptiveModel.from_pretrained(
+    adaptive_model = SelfAdaptiveModel.from_pretrained(
         tiny_chat_lm(WORDS)[0], experts={e: tmp_path / "experts" / e for e in EXPERTS}, tokenizer=tokenizer,
         dispatcher="classifier", classifier=results["path"],
     )  # fmt: skip
-    decisions = sam.dispatch(QUESTIONS)
-    soft = SoftPromptDispatcher(adapter_name=CLASSIFIER_ADAPTER).bind(sam).dispatch(QUESTIONS)
+    decisions = adaptive_model.dispatch(QUESTIONS)
+    soft = SoftPromptDispatcher(adapter_name=CLASSIFIER_ADAPTER).bind(adaptive_model).dispatch(QUESTIONS)
     # the same answers from the plain model: with z_c active, and (to show that z_c decides) with none
-    sam.model.set_adapter(CLASSIFIER_ADAPTER)
-    with_z_c = [_greedy_answer(sam.model, tokenizer, q, max_new_tokens=32) for q in QUESTIONS]
-    argmax_z_c = [_label_argmax(sam.model, tokenizer, q) for q in QUESTIONS]
-    with sam.model.disable_adapter():
-        without = [_greedy_answer(sam.model, tokenizer, q, max_new_tokens=32) for q in QUESTIONS]
-        argmax_base = [_label_argmax(sam.model, tokenizer, q) for q in QUESTIONS]
+    adaptive_model.model.set_adapter(CLASSIFIER_ADAPTER)
+    with_z_c = [_greedy_answer(adaptive_model.model, tokenizer, q, max_new_tokens=32) for q in QUESTIONS]
+    argmax_z_c = [_label_argmax(adaptive_model.model, tokenizer, q) for q in QUESTIONS]
+    with adaptive_model.model.disable_adapter():
+        without = [_greedy_answer(adaptive_model.model, tokenizer, q, max_new_tokens=32) for q in QUESTIONS]
+        argmax_base = [_label_argmax(adaptive_model.model, tokenizer, q) for q in QUESTIONS]
     assert (
         with_z_c != without and argmax_z_c != argmax_base and len(set(argmax_z_c)) > 1
     )  # the check can fail

@@ -39,8 +39,8 @@ def test_two_pass_generation_on_smollm2_leaves_the_model_unchanged():
     peft_model.add_adapter("code", SVFConfig(init_noise_std=0.05))
     peft_model.eval()
     before = {k: v.clone() for k, v in peft_model.state_dict().items()}
-    sam = SelfAdaptiveModel(peft_model, tokenizer, ["math", "code"], dispatcher="soft")
-    out = sam.generate(prompts=unseen_prompts(), max_new_tokens=4, do_sample=False)
-    assert out.shape[0] == 3 and len(sam.last_decisions) == 3
-    assert all(abs(sum(d.probabilities.values()) - 1) < 1e-6 for d in sam.last_decisions)
+    adaptive_model = SelfAdaptiveModel(peft_model, tokenizer, ["math", "code"], dispatcher="soft")
+    out = adaptive_model.generate(prompts=unseen_prompts(), max_new_tokens=4, do_sample=False)
+    assert out.shape[0] == 3 and len(adaptive_model.last_decisions) == 3
+    assert all(abs(sum(d.probabilities.values()) - 1) < 1e-6 for d in adaptive_model.last_decisions)
     assert all(torch.equal(v, peft_model.state_dict()[k]) for k, v in before.items())

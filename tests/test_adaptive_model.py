@@ -26,8 +26,9 @@ from peft_svf.adaptive import (
     mix_svf_adapters,
 )
 from peft_svf.adaptive.dispatch import label_first_tokens
-from peft_svf.adaptive.generation import greedy_texts, last_token_logits, shared_prefix_length, worth_merging
+from peft_svf.adaptive.generation import greedy_texts, last_token_logits, shared_prefix_length
 from peft_svf.prompts import questions_from_ids, render
+from peft_svf.svf.merging import worth_merging
 from peft_svf.tasks import evaluate, generate_completions
 from tasks_tiny_lm import tiny_chat_lm
 
@@ -68,28 +69,28 @@ def test_mixed_dispatch_batch_equals_one_prompt_at_a_time():
         QUESTIONS[2]: one_hot(None),
         QUESTIONS[3]: one_hot("code"),
     }
-    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(table))
-    out = sam.generate(prompts=[chat(q) for q in QUESTIONS], **GREEDY)
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(table))
+    out = adaptive_model.generate(prompts=[chat(q) for q in QUESTIONS], **GREEDY)
     width = out.shape[1] - GREEDY["max_new_tokens"]
     expected = [alone(model, tokenizer, QUESTIONS[0], "math", **GREEDY), alone(model, tokenizer, QUESTIONS[1], "ref", **GREEDY),
                 alone(model, tokenizer, QUESTIONS[2], None, **GREEDY), alone(model, tokenizer, QUESTIONS[3], "code", **GREEDY)]  # fmt: skip
     for got, want in zip(new_tokens(out, width), expected, strict=True):
         assert torch.equal(got, want)
     assert len({tuple(t.tolist()) for t in expected}) > 1  # the routes really differ
-    assert [d.label for d in sam.last_decisions] == ["math", "code", "others", "code"]
+    assert [d.label for d in adaptive_model.last_decisions] == ["math", "code", "others", "code"]
 
 
 @pytest.mark.parametrize("merge", [True, False, "auto"])
 def test_single_expert_batch_equals_that_expert(merge):
     model, tokenizer = tiny_experts()
-    sam = SelfAdaptiveModel(
+    adaptive_model = SelfAdaptiveModel(
         model,
         tokenizer,
         EXPERTS,
         dispatcher=ScriptedDispatcher(dict.fromkeys(QUESTIONS, one_hot("reasoning"))),
         merge=merge,
     )
-    out = sam.generate(prompts=[chat(q) for q in QUESTIONS[:2]], **GREEDY)
+    out = adaptive_model.generate(prompts=[chat(q) for q in QUESTIONS[:2]], **GREEDY)
     width = out.shape[1] - GREEDY["max_new_tokens"]
     for got, question in zip(new_tokens(out, width), QUESTIONS[:2], strict=True):
         assert torch.equal(got, alone(model, tokenizer, question, "reasoning", **GREEDY))
@@ -107,10 +108,10 @@ def test_model_state_unchanged_after_generate(questions):
     model.train()
     model.base_model.model.lm_head.train(False)  # an irregular training pattern must survive too
     before = snapshot(model)
-    sam = SelfAdaptiveModel(
+    adaptive_model = SelfAdaptiveModel(
         model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests()), merge=True
     )
-    sam.generate(prompts=[chat(q) for q in questions], max_new_tokens=3)
+    adaptive_model.generate(prompts=[chat(q) for q in questions], max_new_tokens=3)
     assert_same_state(before, snapshot(model))
 
 
@@ -124,11 +125,11 @@ def test_model_state_unchanged_after_an_error_inside_generation(questions):
         raise RuntimeError("boom")
 
     handle = model.base_model.model.model.layers[1].register_forward_pre_hook(explode)
-    sam = SelfAdaptiveModel(
+    adaptive_model = SelfAdaptiveModel(
         model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests()), merge=True
     )
     with pytest.raises(RuntimeError, match="boom"):
-        sam.generate(prompts=[chat(q) for q in questions], max_new_tokens=3)
+        adaptive_model.generate(prompts=[chat(q) for q in questions], max_new_tokens=3)
     handle.remove()
     assert_same_state(before, snapshot(model))
 
@@ -143,8 +144,8 @@ def test_prompt_dispatcher_parses_boxed_labels_and_falls_back_to_base(monkeypatc
         return answers, None, None
 
     monkeypatch.setattr("peft_svf.adaptive.dispatch.greedy_texts", fake_pass_one)
-    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="prompt")
-    decisions = sam.dispatch([chat(q) for q in QUESTIONS])
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="prompt")
+    decisions = adaptive_model.dispatch([chat(q) for q in QUESTIONS])
     assert [d.label for d in decisions] == ["code", "others", "others", "reasoning"]
     assert decisions[0].alpha == {"math": 0.0, "code": 1.0, "reasoning": 0.0}
     assert decisions[1].alpha == dict.fromkeys(EXPERTS, 0.0) and decisions[1].route() == ("__base__", None)
@@ -158,9 +159,9 @@ def test_prompt_dispatcher_parses_boxed_labels_and_falls_back_to_base(monkeypatc
 
 def test_unparsable_pass_one_answer_generates_with_base_weights():
     model, tokenizer = tiny_experts()
-    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=PromptDispatcher(max_new_tokens=4))
-    out = sam.generate(prompts=[chat(q) for q in QUESTIONS[:1]], **GREEDY)
-    assert sam.last_decisions[0].label == "others"  # a random tiny model never writes \boxed{label}
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=PromptDispatcher(max_new_tokens=4))
+    out = adaptive_model.generate(prompts=[chat(q) for q in QUESTIONS[:1]], **GREEDY)
+    assert adaptive_model.last_decisions[0].label == "others"  # a random tiny model never writes \boxed{label}
     assert torch.equal(
         out[0, -GREEDY["max_new_tokens"] :], alone(model, tokenizer, QUESTIONS[0], None, **GREEDY)
     )
@@ -172,8 +173,8 @@ def test_classifier_dispatcher_runs_pass_one_with_the_classification_expert(monk
     rows = {}
     monkeypatch.setattr("peft_svf.adaptive.dispatch.greedy_texts",
                         lambda m, t, texts, r, **k: (rows.setdefault("rows", r), ["\\boxed{math}"] * len(texts), None, None)[1:])  # fmt: skip
-    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="classifier")
-    assert [d.label for d in sam.dispatch(QUESTIONS[:2])] == ["math", "math"]
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="classifier")
+    assert [d.label for d in adaptive_model.dispatch(QUESTIONS[:2])] == ["math", "math"]
     assert rows["rows"] == ["task_classifier"] * 2
     with pytest.raises(ValueError, match="classification expert"):
         SelfAdaptiveModel(tiny_experts()[0], tokenizer, EXPERTS, dispatcher="classifier")
@@ -181,12 +182,12 @@ def test_classifier_dispatcher_runs_pass_one_with_the_classification_expert(monk
 
 def test_soft_dispatch_reads_label_probabilities_after_boxed():
     model, tokenizer = tiny_experts()
-    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="soft")
-    decisions = sam.dispatch([chat(q) for q in QUESTIONS[:2]])
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="soft")
+    decisions = adaptive_model.dispatch([chat(q) for q in QUESTIONS[:2]])
     labels = [*EXPERTS, "others"]
     tokens = list(label_first_tokens(tokenizer, "Classification: \\boxed{", labels).values())
     for decision, question in zip(decisions, QUESTIONS[:2], strict=True):
-        text = sam.dispatcher.pass_one_texts([chat(question)])[0]
+        text = adaptive_model.dispatcher.pass_one_texts([chat(question)])[0]
         assert text.endswith("Classification: \\boxed{")
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.no_grad(), model.disable_adapter():
@@ -198,7 +199,7 @@ def test_soft_dispatch_reads_label_probabilities_after_boxed():
         assert decision.alpha == pytest.approx({e: decision.probabilities[e] for e in EXPERTS})
         assert decision.base == pytest.approx(decision.probabilities["others"])
         assert decision.label == max(labels, key=decision.probabilities.get)
-    out = sam.generate(prompts=[chat(q) for q in QUESTIONS[:2]], max_new_tokens=3)  # per-prompt mixtures
+    out = adaptive_model.generate(prompts=[chat(q) for q in QUESTIONS[:2]], max_new_tokens=3)  # per-prompt mixtures
     assert out.shape[0] == 2
 
 
@@ -217,28 +218,28 @@ def test_questions_are_recovered_from_chat_token_ids():
 
 def test_evaluate_accepts_a_self_adaptive_model():
     model, tokenizer = tiny_experts()
-    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="soft")
-    sam.use_mixture("code")
-    result = evaluate(sam, "offline_math", tokenizer, split="test", n=3, max_new_tokens=4, progress=False)
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="soft")
+    adaptive_model.use_mixture("code")
+    result = evaluate(adaptive_model, "offline_math", tokenizer, split="test", n=3, max_new_tokens=4, progress=False)
     model.set_adapter("code")
     plain = evaluate(model, "offline_math", tokenizer, split="test", n=3, max_new_tokens=4, progress=False)
     assert [r["completion"] for r in result.records] == [r["completion"] for r in plain.records]
-    assert len(sam.last_decisions) == 3 and all(d.adapter == "code" for d in sam.last_decisions)
-    sam.use_mixture(None)
-    assert isinstance(sam.dispatcher, SoftPromptDispatcher)
+    assert len(adaptive_model.last_decisions) == 3 and all(d.adapter == "code" for d in adaptive_model.last_decisions)
+    adaptive_model.use_mixture(None)
+    assert isinstance(adaptive_model.dispatcher, SoftPromptDispatcher)
     completions = generate_completions(
-        sam, tokenizer, [chat(q) for q in QUESTIONS], max_new_tokens=2, progress=False
+        adaptive_model, tokenizer, [chat(q) for q in QUESTIONS], max_new_tokens=2, progress=False
     )
-    assert len(completions) == 4 and not sam.training
+    assert len(completions) == 4 and not adaptive_model.training
 
 
 def test_use_mixture_alpha_equals_the_mixed_adapter():
     model, tokenizer = tiny_experts()
     alpha = {"math": 0.3, "code": 0.6, "reasoning": 0.1}
     mix_svf_adapters(model, alpha, "mixed")
-    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS)
-    sam.use_mixture(alpha)
-    out = sam.generate(prompts=[chat(QUESTIONS[0])], **GREEDY)
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS)
+    adaptive_model.use_mixture(alpha)
+    out = adaptive_model.generate(prompts=[chat(QUESTIONS[0])], **GREEDY)
     assert torch.equal(out[0, -5:], alone(model, tokenizer, QUESTIONS[0], "mixed", **GREEDY))
 
 
@@ -250,37 +251,37 @@ def test_from_pretrained_loads_local_expert_dirs(tmp_path):
     fresh.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     dirs = {name: tmp_path / "experts" / name for name in EXPERTS}  # PEFT saves named adapters in subfolders
-    sam = SelfAdaptiveModel.from_pretrained(
+    adaptive_model = SelfAdaptiveModel.from_pretrained(
         base_dir, experts=dirs, dispatcher="prompt", classifier=tmp_path / "experts" / "code"
     )
-    assert isinstance(sam.model, PeftModel) and sam.experts == EXPERTS
-    assert "task_classifier" in sam.model.peft_config
+    assert isinstance(adaptive_model.model, PeftModel) and adaptive_model.experts == EXPERTS
+    assert "task_classifier" in adaptive_model.model.peft_config
     ids = torch.arange(3, 12)[None]
     with torch.no_grad():
         for name in EXPERTS:
             model.set_adapter(name)
-            sam.model.set_adapter(name)
-            assert torch.equal(model(ids).logits, sam.model(ids).logits)
-    assert sam.tokenizer.chat_template == tokenizer.chat_template
+            adaptive_model.model.set_adapter(name)
+            assert torch.equal(model(ids).logits, adaptive_model.model(ids).logits)
+    assert adaptive_model.tokenizer.chat_template == tokenizer.chat_template
 
 
 def test_dispatch_confusion_counts():
     model, tokenizer = tiny_experts()
     table = {"q1": one_hot("math"), "q2": one_hot("code"), "q3": one_hot(None), "q4": one_hot("math")}
-    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(table))
-    confusion = dispatch_confusion(sam, {"math": ["q1", "q2"], "code": ["q3", "q4", "q2"]})
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(table))
+    confusion = dispatch_confusion(adaptive_model, {"math": ["q1", "q2"], "code": ["q3", "q4", "q2"]})
     assert confusion["labels"] == ["math", "code", "others"]
     assert confusion["matrix"] == [[1, 1, 0], [1, 1, 1], [0, 0, 0]]
     assert confusion["fractions"][0] == [0.5, 0.5, 0.0] and confusion["n"] == 5
     json.dumps(confusion)
-    assert dispatch_confusion(sam.dispatcher, {"math": ["q1"]})["matrix"][0][0] == 1
+    assert dispatch_confusion(adaptive_model.dispatcher, {"math": ["q1"]})["matrix"][0][0] == 1
 
 
 def test_generate_argument_errors():
     model, tokenizer = tiny_experts()
-    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS)
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS)
     with pytest.raises(ValueError, match="adapter_names"):
-        sam.generate(prompts=["x"], adapter_names=["math"])
+        adaptive_model.generate(prompts=["x"], adapter_names=["math"])
     with pytest.raises(ValueError, match="not adapters"):
         SelfAdaptiveModel(model, tokenizer, ["math", "typo"])
     with pytest.raises(ValueError, match="unknown dispatcher"):
@@ -289,8 +290,8 @@ def test_generate_argument_errors():
 
 def test_pass_one_shared_prefix_cache_is_exact():
     model, tokenizer = tiny_experts()
-    sam = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="prompt")
-    texts = sam.dispatcher.pass_one_texts([chat(q) for q in QUESTIONS])
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="prompt")
+    texts = adaptive_model.dispatcher.pass_one_texts([chat(q) for q in QUESTIONS])
     rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     assert shared_prefix_length(rows) > 100  # the classification instructions
     kwargs = {"max_new_tokens": 6, "batch_size": 3}
@@ -321,11 +322,11 @@ def test_auto_merge_pays_only_for_long_generations():
 
 def test_sampled_mixed_rows_with_several_returns_per_prompt():
     model, tokenizer = tiny_experts()
-    sam = SelfAdaptiveModel(
+    adaptive_model = SelfAdaptiveModel(
         model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests())
     )
     torch.manual_seed(0)
-    out = sam.generate(
+    out = adaptive_model.generate(
         prompts=[chat(q) for q in QUESTIONS], max_new_tokens=3, do_sample=True, num_return_sequences=2
     )
     assert out.shape[0] == 8

@@ -313,8 +313,8 @@ def _self_adaptive(model_dir, experts):
 
 
 def test_eval_of_a_self_adaptive_strategy_matches_evaluate(toy_task, model_dir, experts, capsys):
-    sam = _self_adaptive(model_dir, experts)
-    expected = evaluate(sam, toy_task, sam.tokenizer, n=8, progress=False)
+    adaptive_model = _self_adaptive(model_dir, experts)
+    expected = evaluate(adaptive_model, toy_task, adaptive_model.tokenizer, n=8, progress=False)
     code, out, _ = run(
         ["eval", "--task", toy_task, "--model", model_dir, "--n", 8, "--expert", f"math={experts['math']}",
          "--expert", f"code={experts['code']}", "--dispatcher", "prompt", "--quiet"], capsys,
@@ -327,8 +327,8 @@ def test_generate_prints_the_dispatch_decision(model_dir, experts, capsys):
     from peft_svf.cli.common import as_prompt
     from peft_svf.cli.generate import describe
 
-    sam = _self_adaptive(model_dir, experts)
-    expected = [describe(d) for d in sam.dispatch([as_prompt(p, sam.tokenizer) for p in ("abc", "dcba")])]
+    adaptive_model = _self_adaptive(model_dir, experts)
+    expected = [describe(d) for d in adaptive_model.dispatch([as_prompt(p, adaptive_model.tokenizer) for p in ("abc", "dcba")])]
     code, out, _ = run(
         ["generate", "--model", model_dir, "--expert", f"math={experts['math']}", "--expert",
          f"code={experts['code']}", "--max-new-tokens", 4, "abc", "dcba"], capsys,

@@ -230,13 +230,13 @@ def test_self_adaptive_model_from_pretrained_loads_experts_by_hub_id(hub_cache, 
     from peft_svf.adaptive import SelfAdaptiveModel
 
     tokenizer = tiny_tokenizer()
-    sam = SelfAdaptiveModel.from_pretrained(
+    adaptive_model = SelfAdaptiveModel.from_pretrained(
         tiny_llama(len(tokenizer)),
         experts={"math": "org/math-svf", "local": str(hub_cache)},
         tokenizer=tokenizer,
     )
-    assert sam.experts == ["math", "local"]
-    math, local = _vectors(sam.model, "math"), _vectors(sam.model, "local")
+    assert adaptive_model.experts == ["math", "local"]
+    math, local = _vectors(adaptive_model.model, "math"), _vectors(adaptive_model.model, "local")
     assert math and all(torch.equal(math[k], local[k]) for k in local)
 
 

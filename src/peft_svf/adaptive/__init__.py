@@ -1,8 +1,8 @@
 """Self-adaptive two-pass inference (Transformer² section 3.2): dispatchers, expert mixing and few-shot CEM.
 
     >>> from peft_svf.adaptive import SelfAdaptiveModel
-    >>> sam = SelfAdaptiveModel.from_pretrained(base, experts={"math": "experts/math", "code": "experts/code"})
-    >>> sam.generate(prompts=[[{"role": "user", "content": "What is 7 * 8?"}]], max_new_tokens=32)
+    >>> adaptive_model = SelfAdaptiveModel.from_pretrained(base, experts={"math": "experts/math", "code": "experts/code"})
+    >>> adaptive_model.generate(prompts=[[{"role": "user", "content": "What is 7 * 8?"}]], max_new_tokens=32)
 
 See docs/adaptive.md.
 
@@ -12,7 +12,7 @@ inference does not.
 
 from typing import Any
 
-from .cem import CEMResult, MemberScore, evaluate_population
+from .cem import CEMConfig, CEMResult, MemberScore, evaluate_population
 from .dispatch import (
     CLASSIFIER_ADAPTER,
     ClassifierDispatcher,
@@ -29,6 +29,7 @@ from .model import SelfAdaptiveModel
 __all__ = [
     "BASE",
     "CLASSIFIER_ADAPTER",
+    "CEMConfig",
     "CEMResult",
     "ClassifierDispatcher",
     "DispatchDecision",

@@ -8,11 +8,16 @@ own correct answers, and the best member carried into the next generation and ev
 Unlike the authors' code, which generates member after member, a whole generation is evaluated at once:
 every member becomes a temporary adapter and one greedy ``generate`` runs all (member x example) rows
 with per-row adapters (see ``benchmarks/two_pass_overhead.py`` for the speed-up).
+
+The settings live in one :class:`CEMConfig` (PEFT/TRL's config-object shape), shared by :func:`cem_adapt`,
+``SelfAdaptiveModel.adapt`` and ``peft-svf adapt``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,6 +39,81 @@ if TYPE_CHECKING:
 logger = logging.get_logger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = 256
+
+
+@dataclass
+class CEMConfig:
+    """Settings of the cross-entropy-method search over expert mixtures; the defaults are the authors'."""
+
+    population_size: int = field(default=32, metadata={"help": "Mixtures evaluated per generation."})
+    elite_ratio: float = field(
+        default=0.2, metadata={"help": "Share of the population whose mean and std the next generation samples from."}
+    )
+    generations: int = field(default=10, metadata={"help": "CEM generations."})
+    per_layer: bool = field(
+        default=False, metadata={"help": "One weight per expert and SVF layer instead of one per expert."}
+    )
+    normalize: bool = field(default=False, metadata={"help": "Make each mixture's weights sum to 1."})
+    adapter_name: str = field(default="few_shot", metadata={"help": "Name of the adapter holding the result."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling."})
+    max_new_tokens: int = field(
+        default=DEFAULT_MAX_NEW_TOKENS, metadata={"help": "Completion budget while scoring a member."}
+    )
+    batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Rows per generate call while scoring (default: the whole generation, population x examples)."},
+    )
+    per_row_rank: int | float | None = field(
+        default=None,
+        metadata={
+            "help": "Score each member with its exact change (None) or its best low-rank change: an int rank, "
+            "or a float share of the change's energy (faster, approximate; see SelfAdaptiveModel)."
+        },
+    )
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar over generations."})
+
+    def __post_init__(self) -> None:
+        if self.population_size < 2:
+            raise ValueError(f"population_size must be at least 2, got {self.population_size}")
+        if not 0 < self.elite_ratio <= 1:
+            raise ValueError(f"elite_ratio must be in (0, 1], got {self.elite_ratio}")
+        if self.generations < 1:
+            raise ValueError(f"generations must be at least 1, got {self.generations}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be None or at least 1, got {self.batch_size}")
+        rank = self.per_row_rank
+        if rank is not None and (
+            isinstance(rank, bool)
+            or not isinstance(rank, (int, float))
+            or (isinstance(rank, int) and rank < 1)
+            or (isinstance(rank, float) and not 0 < rank <= 1)
+        ):
+            raise ValueError(f"per_row_rank must be None, an int >= 1 or a float in (0, 1], got {rank!r}")
+
+
+def resolve_cem_config(config: CEMConfig | None, legacy: dict[str, Any], stacklevel: int = 3) -> CEMConfig:
+    """``config``, with the first release's keyword arguments (``population_size=...``) applied over it.
+
+    Those still work, with a ``FutureWarning``, until the next release.
+    """
+    config = config or CEMConfig()
+    if legacy.get("max_new_tokens", 0) is None:  # the first release's "task default"
+        legacy = {k: v for k, v in legacy.items() if k != "max_new_tokens"}
+    if not legacy:
+        return config
+    names = {f.name for f in dataclasses.fields(CEMConfig)}
+    unknown = sorted(set(legacy) - names)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}; CEM's settings are the fields of CEMConfig")
+    warnings.warn(
+        f"CEM settings as keyword arguments ({', '.join(sorted(legacy))}) are deprecated and will be removed "
+        "in the next release; pass config=CEMConfig(...) instead.",
+        FutureWarning,
+        stacklevel=stacklevel,
+    )
+    return dataclasses.replace(config, **legacy)
 
 
 @dataclass
@@ -84,15 +164,15 @@ def _correct(
 
 @torch.inference_mode()
 def _log_likelihoods(
-    sam: SelfAdaptiveModel,
+    adaptive_model: SelfAdaptiveModel,
     prompt_ids: list[torch.Tensor],
     generated: list[torch.Tensor],
     rows: list[str],
     batch_size: int | None,
 ) -> list[tuple[float, int]]:
     """(sum of log-probabilities, token count) of each row's generated tokens under the row's adapter."""
-    model, device = sam.model, sam.device
-    pad = sam.tokenizer.pad_token_id
+    model, device = adaptive_model.model, adaptive_model.device
+    pad = adaptive_model.tokenizer.pad_token_id
     size = batch_size or len(rows) or 1
     results = []
     with preserved_state(model):
@@ -119,7 +199,7 @@ def _log_likelihoods(
 
 
 def evaluate_population(
-    sam: SelfAdaptiveModel,
+    adaptive_model: SelfAdaptiveModel,
     alphas: Sequence[Alpha],
     data: Dataset | Sequence[Mapping[str, Any]],
     reward_funcs: Callable | Sequence[Callable],
@@ -127,34 +207,36 @@ def evaluate_population(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batched: bool = True,
     batch_size: int | None = None,
+    per_row_rank: int | float | None = None,
 ) -> list[MemberScore]:
     """Few-shot accuracy and tie-break log-likelihood of each mixture in ``alphas``.
 
     ``batched`` runs every (member x example) row in one greedy ``generate`` with per-row adapters
     (``batch_size`` rows at a time if given); otherwise member after member, each at its own
     single-mixture speed (the authors' way, kept to measure and check the batched one against).
+    ``per_row_rank`` (batched only): each member's exact change (None) or its best low-rank change.
     """
     data = _as_dataset(data)
     funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
-    texts = [render(sam.tokenizer, p) for p in data["prompt"]]
+    texts = [render(adaptive_model.tokenizer, p) for p in data["prompt"]]
     names = [f"__cem_{i}" for i in range(len(alphas))]
     rows = [name for name in names for _ in texts]
-    with temporary_mixtures(sam.model, dict(zip(names, alphas, strict=True))):
+    with temporary_mixtures(adaptive_model.model, dict(zip(names, alphas, strict=True))):
         if batched:
             completions, prompt_ids, generated = greedy_texts(
-                sam.model, sam.tokenizer, texts * len(names), rows, max_new_tokens=max_new_tokens,
-                batch_size=batch_size)  # fmt: skip
+                adaptive_model.model, adaptive_model.tokenizer, texts * len(names), rows, max_new_tokens=max_new_tokens,
+                batch_size=batch_size, per_row_rank=per_row_rank)  # fmt: skip
         else:
             completions, prompt_ids, generated = [], [], []
             for name in names:
-                c, p, g = greedy_texts(sam.model, sam.tokenizer, texts, [name] * len(texts),
-                                       max_new_tokens=max_new_tokens, batch_size=batch_size, merge=sam.merge)  # fmt: skip
+                c, p, g = greedy_texts(adaptive_model.model, adaptive_model.tokenizer, texts, [name] * len(texts),
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size, merge=adaptive_model.merge)  # fmt: skip
                 completions += c
                 prompt_ids += p
                 generated += g
         correct = _correct(funcs, data, completions, len(names))
         hits = [i for i, ok in enumerate(correct) if ok]
-        scored = _log_likelihoods(sam, [prompt_ids[i] for i in hits], [generated[i] for i in hits],
+        scored = _log_likelihoods(adaptive_model, [prompt_ids[i] for i in hits], [generated[i] for i in hits],
                                   [rows[i] for i in hits], batch_size)  # fmt: skip
     totals = {name: [0.0, 0] for name in names}
     for i, (logp, count) in zip(hits, scored, strict=True):
@@ -183,50 +265,41 @@ def _summary(values: np.ndarray, experts: list[str]) -> dict[str, float]:
 
 
 def cem_adapt(
-    sam: SelfAdaptiveModel,
+    adaptive_model: SelfAdaptiveModel,
     few_shot_dataset: Dataset | Sequence[Mapping[str, Any]],
     reward_funcs: Callable | Sequence[Callable],
-    *,
-    population_size: int = 32,
-    elite_ratio: float = 0.2,
-    generations: int = 10,
-    per_layer: bool = False,
-    normalize: bool = False,
-    adapter_name: str = "few_shot",
-    seed: int = 0,
-    max_new_tokens: int | None = None,
-    batch_size: int | None = None,
-    progress: bool = True,
+    config: CEMConfig | None = None,
+    **legacy_settings: Any,
 ) -> CEMResult:
     """Search alpha with CEM on ``few_shot_dataset`` (``prompt`` column plus the rewards' columns).
 
-    A completion is correct when the summed rewards are positive. ``batch_size`` caps the rows of one
-    ``generate`` call (default: the whole generation, population x examples). The best mixture is added
-    to ``sam.model`` as ``adapter_name``.
+    A completion is correct when the summed rewards are positive. The best mixture is added to
+    ``adaptive_model.model`` as ``config.adapter_name``. ``legacy_settings`` are the first release's keyword
+    arguments (``population_size=...``), accepted with a ``FutureWarning``.
     """
-    if adapter_name in sam.model.peft_config:
+    config = resolve_cem_config(config, legacy_settings)
+    population_size, generations, adapter_name = config.population_size, config.generations, config.adapter_name
+    if adapter_name in adaptive_model.model.peft_config:
         raise ValueError(f"an adapter named {adapter_name!r} exists already; pick another adapter_name")
-    if population_size < 2 or not 0 < elite_ratio <= 1 or generations < 1:
-        raise ValueError("need population_size >= 2, 0 < elite_ratio <= 1 and generations >= 1")
     data = _as_dataset(few_shot_dataset)
-    experts = list(sam.experts)
-    modules = layer_names(sam.model) if per_layer else None
+    experts = list(adaptive_model.experts)
+    modules = layer_names(adaptive_model.model) if config.per_layer else None
     shape = (len(experts), len(modules) if modules else 1)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(config.seed)
     mean, std = np.full(shape, 1.0 / len(experts)), np.full(shape, 0.5)  # uniform mixture; range / 2
-    n_elite = max(1, round(population_size * elite_ratio))
-    tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    n_elite = max(1, round(population_size * config.elite_ratio))
     best: tuple[np.ndarray, MemberScore] | None = None
     history: list[dict[str, Any]] = []
-    for generation in tqdm(range(generations), desc="CEM", disable=not progress):
+    for generation in tqdm(range(generations), desc="CEM", disable=not config.progress):
         samples = np.clip(mean + std * rng.standard_normal((population_size, *shape)), 0.0, 1.0)
-        if normalize:
+        if config.normalize:
             sums = samples.sum(axis=1, keepdims=True)
             samples = np.where(sums > 0, samples / np.where(sums > 0, sums, 1), 1.0 / len(experts))
         if best is not None:
             samples[0] = best[0]  # the incumbent is evaluated again with the new members
-        scores = evaluate_population(sam, [_to_alpha(s, experts, modules) for s in samples], data, reward_funcs,
-                                     max_new_tokens=tokens, batch_size=batch_size)  # fmt: skip
+        scores = evaluate_population(adaptive_model, [_to_alpha(s, experts, modules) for s in samples], data, reward_funcs,
+                                     max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                     per_row_rank=config.per_row_rank)  # fmt: skip
         order = sorted(range(population_size), key=lambda i: scores[i].rank_key, reverse=True)
         elites = samples[order[:n_elite]]
         mean, std = elites.mean(axis=0), elites.std(axis=0)
@@ -248,6 +321,6 @@ def cem_adapt(
         )  # fmt: skip
     assert best is not None
     alpha = _to_alpha(best[0], experts, modules)
-    mix_svf_adapters(sam.model, alpha, adapter_name)
+    mix_svf_adapters(adaptive_model.model, alpha, adapter_name)
     return CEMResult(alpha=alpha, score=best[1].accuracy, history=history, adapter_name=adapter_name,
                      log_likelihood=best[1].log_likelihood)  # fmt: skip

@@ -75,16 +75,16 @@ class DispatchDecision:
 class Dispatcher:
     """Base class: ``dispatch(prompts)`` once bound to a :class:`SelfAdaptiveModel` (which binds it)."""
 
-    sam: SelfAdaptiveModel | None = None
+    adaptive_model: SelfAdaptiveModel | None = None
 
-    def bind(self, sam: SelfAdaptiveModel) -> Dispatcher:
-        self.sam = sam
+    def bind(self, adaptive_model: SelfAdaptiveModel) -> Dispatcher:
+        self.adaptive_model = adaptive_model
         return self
 
     def _bound(self) -> SelfAdaptiveModel:
-        if self.sam is None:
+        if self.adaptive_model is None:
             raise RuntimeError(f"{type(self).__name__} is not attached to a SelfAdaptiveModel yet")
-        return self.sam
+        return self.adaptive_model
 
     def dispatch(self, prompts: Sequence[Prompt]) -> list[DispatchDecision]:
         raise NotImplementedError
@@ -120,10 +120,13 @@ class PromptDispatcher(Dispatcher):
         self.adapter_name = adapter_name
 
     def pass_one_texts(self, prompts: Sequence[Prompt]) -> list[str]:
-        sam = self._bound()
-        descriptions = self.descriptions if self.descriptions is not None else sam.descriptions
+        adaptive_model = self._bound()
+        descriptions = self.descriptions if self.descriptions is not None else adaptive_model.descriptions
         return [
-            render(sam.tokenizer, self.template(question_of(p), list(sam.experts), descriptions))
+            render(
+                adaptive_model.tokenizer,
+                self.template(question_of(p), list(adaptive_model.experts), descriptions),
+            )
             + self.assistant_prefix
             for p in prompts
         ]
@@ -133,20 +136,22 @@ class PromptDispatcher(Dispatcher):
         return _CLOSED_BOX.search(self.assistant_prefix + completion) is not None
 
     def dispatch(self, prompts: Sequence[Prompt]) -> list[DispatchDecision]:
-        sam = self._bound()
+        adaptive_model = self._bound()
         if not prompts:
             return []
         texts = self.pass_one_texts(prompts)
         rows = [self.adapter_name or BASE] * len(texts)
         answers, _, _ = greedy_texts(
-            sam.model, sam.tokenizer, texts, rows, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-            share_prefix=True, stop_when=self._answered)  # fmt: skip
+            adaptive_model.model, adaptive_model.tokenizer, texts, rows, max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size, share_prefix=True, stop_when=self._answered)  # fmt: skip
         decisions = []
         for answer in answers:
             text = self.assistant_prefix + answer
-            label = parse_task_label(text, list(sam.experts), fallback=OTHERS)
-            base = 0.0 if label in sam.experts else 1.0
-            decisions.append(DispatchDecision(label, _one_hot(list(sam.experts), label), text, base=base))
+            label = parse_task_label(text, list(adaptive_model.experts), fallback=OTHERS)
+            base = 0.0 if label in adaptive_model.experts else 1.0
+            decisions.append(
+                DispatchDecision(label, _one_hot(list(adaptive_model.experts), label), text, base=base)
+            )
         return decisions
 
 
@@ -156,13 +161,13 @@ class ClassifierDispatcher(PromptDispatcher):
     def __init__(self, adapter_name: str = CLASSIFIER_ADAPTER, **kwargs: Any) -> None:
         super().__init__(adapter_name=adapter_name, **kwargs)
 
-    def bind(self, sam: SelfAdaptiveModel) -> Dispatcher:
-        if self.adapter_name not in sam.model.peft_config:
+    def bind(self, adaptive_model: SelfAdaptiveModel) -> Dispatcher:
+        if self.adapter_name not in adaptive_model.model.peft_config:
             raise ValueError(
                 f"the classifier dispatcher needs the classification expert loaded as adapter {self.adapter_name!r} "
                 "(SelfAdaptiveModel.from_pretrained(..., classifier=dir), or model.load_adapter(dir, adapter_name=...))"
             )
-        return super().bind(sam)
+        return super().bind(adaptive_model)
 
 
 def label_first_tokens(tokenizer: Any, prefix: str, labels: Sequence[str]) -> dict[str, int]:
@@ -196,16 +201,19 @@ class SoftPromptDispatcher(PromptDispatcher):
 
     @torch.inference_mode()
     def dispatch(self, prompts: Sequence[Prompt]) -> list[DispatchDecision]:
-        sam = self._bound()
+        adaptive_model = self._bound()
         if not prompts:
             return []
-        experts = list(sam.experts)
+        experts = list(adaptive_model.experts)
         labels = [*experts, OTHERS]
-        token_ids = list(label_first_tokens(sam.tokenizer, self.assistant_prefix, labels).values())
-        pad = ensure_pad_token(sam.tokenizer)
-        rows = [sam.tokenizer(t, add_special_tokens=False)["input_ids"] for t in self.pass_one_texts(prompts)]
-        with single_adapter(sam.model, self.adapter_name or BASE, merge=False):
-            logits = last_token_logits(sam.model, rows, pad, self.batch_size)
+        token_ids = list(label_first_tokens(adaptive_model.tokenizer, self.assistant_prefix, labels).values())
+        pad = ensure_pad_token(adaptive_model.tokenizer)
+        rows = [
+            adaptive_model.tokenizer(t, add_special_tokens=False)["input_ids"]
+            for t in self.pass_one_texts(prompts)
+        ]
+        with single_adapter(adaptive_model.model, self.adapter_name or BASE, merge=False):
+            logits = last_token_logits(adaptive_model.model, rows, pad, self.batch_size)
         probabilities = torch.softmax(logits, dim=-1)[:, token_ids].cpu()
         decisions = []
         for row in probabilities.double():
@@ -224,9 +232,9 @@ class FixedMixture(Dispatcher):
         self.alpha_or_adapter = alpha_or_adapter
 
     def dispatch(self, prompts: Sequence[Prompt]) -> list[DispatchDecision]:
-        sam = self._bound()
+        adaptive_model = self._bound()
         if isinstance(self.alpha_or_adapter, str):
-            if self.alpha_or_adapter not in sam.model.peft_config:
+            if self.alpha_or_adapter not in adaptive_model.model.peft_config:
                 raise ValueError(f"no adapter named {self.alpha_or_adapter!r} in the model")
             return [DispatchDecision(None, {}, adapter=self.alpha_or_adapter) for _ in prompts]
         alpha = dict(self.alpha_or_adapter)
@@ -234,7 +242,7 @@ class FixedMixture(Dispatcher):
 
 
 def dispatch_confusion(
-    sam_or_dispatcher: SelfAdaptiveModel | Dispatcher, labelled_prompts: Mapping[str, Sequence[Prompt]]
+    model_or_dispatcher: SelfAdaptiveModel | Dispatcher, labelled_prompts: Mapping[str, Sequence[Prompt]]
 ) -> dict[str, Any]:
     """Paper Figure 6: rows are true labels, columns predicted labels ("others" last), as counts and row fractions.
 
@@ -243,7 +251,7 @@ def dispatch_confusion(
     """
     predicted: dict[str, Counter[str]] = {}
     for true_label, prompts in labelled_prompts.items():
-        decisions = sam_or_dispatcher.dispatch(list(prompts))
+        decisions = model_or_dispatcher.dispatch(list(prompts))
         predicted[true_label] = Counter(d.label if d.label is not None else OTHERS for d in decisions)
     labels = [label for label in labelled_prompts if label != OTHERS]
     for guesses in predicted.values():

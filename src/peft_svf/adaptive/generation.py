@@ -1,24 +1,22 @@
 """Generation with per-row adapters, leaving the user's model exactly as it was found.
 
-A pass-2 batch whose rows all use one adapter runs at base-model speed: the adapter's change is added to
-the dense weights for the call (the original weight tensors are kept and put back, so nothing is rounded
-by a merge/unmerge round trip). Rows with different adapters go through one mixed-batch ``generate``
+A pass-2 batch whose rows all use one adapter runs at base-model speed: the adapter is merged into the
+dense weights for the call by :func:`~peft_svf.svf.merging.merged_for_inference` (the original weight
+tensors are kept and put back, so nothing is rounded by a merge/unmerge round trip). Rows with different adapters go through one mixed-batch ``generate``
 (``adapter_names``), the SVF layers' factored path with per-row singular values.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from peft import PeftModel
-from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.pytorch_utils import Conv1D
 
+from ..svf.merging import merged_for_inference
 from ..svf.mixed_batch import per_row_adapters
 from ..tokens import ensure_pad_token, eos_token_ids
 from .mixing import BASE, svf_layers
@@ -55,70 +53,24 @@ def preserved_state(model: PeftModel) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
-def _mergeable(model: PeftModel, name: str) -> bool:
-    """Whether the dense weights can carry ``name`` for a call: plain dense bases, nothing tied or freed."""
-    layers = [layer for layer in svf_layers(model).values() if name in layer.svf_vector]
-    if not layers:
-        return False
-    uses = Counter(id(param) for _, param in model.named_parameters(remove_duplicate=False))
-    for layer in layers:
-        base = layer.get_base_layer()
-        if layer.frees_base_weight or type(base) not in (nn.Linear, Conv1D) or uses[id(base.weight)] > 1:
-            return False
-    return True
-
-
-@contextmanager
-def weights_carrying(model: PeftModel, name: str) -> Iterator[None]:
-    """Adapter ``name`` added into the dense weights inside the block; the original tensors come back after."""
-    originals = []
-    try:
-        with torch.no_grad():
-            for layer in svf_layers(model).values():
-                if name not in layer.svf_vector:
-                    continue
-                base = layer.get_base_layer()
-                originals.append((base.weight, base.weight.data))
-                weight = layer.dense_weight().detach()
-                layer.write_dense_weight(weight + layer.delta_matrix([name]).to(weight.dtype))
-        with model.disable_adapter():
-            yield
-    finally:
-        for param, data in originals:
-            param.data = data
-
-
-def worth_merging(model: PeftModel, name: str, tokens: int) -> bool:
-    """Whether adding ``name`` into the weights once (``m n r`` multiply-adds per matrix) is cheaper than
-    its factored change on every token of the call (``tokens r (m + n)``); the same rule as the layers'
-    own recompose/factored choice, applied to a whole ``generate`` instead of one forward."""
-    merge_cost = factored_cost = 0
-    for layer in svf_layers(model).values():
-        if name in layer.svf_vector:
-            m, n, r = layer.out_features, layer.in_features, layer.rank
-            merge_cost += m * n * r
-            factored_cost += tokens * r * (m + n)
-    return merge_cost < factored_cost
-
-
 Merge = bool | str  # True, False or "auto"
 
 
 @contextmanager
 def single_adapter(model: PeftModel, name: str, merge: Merge, tokens: int = 0) -> Iterator[None]:
     """Every row with adapter ``name`` (``"__base__"``: none). ``merge`` adds the adapter into the dense
-    weights for the block (base-model speed per token); ``"auto"`` does so when ``tokens`` make it pay."""
-    if merge == "auto":
-        merge = worth_merging(model, name, tokens)
+    weights for the block (base-model speed per token, :func:`~peft_svf.svf.merging.merged_for_inference`);
+    ``"auto"`` does so when ``tokens`` make it pay."""
     with preserved_state(model):
         if name == BASE:
             with model.disable_adapter():
                 yield
-        elif merge and _mergeable(model, name):
-            with weights_carrying(model, name):
-                yield
-        else:
-            model.base_model.set_adapter(name)
+            return
+        model.base_model.set_adapter(name)
+        if not merge:
+            yield
+            return
+        with merged_for_inference(model, name, tokens=tokens if merge == "auto" else None):
             yield
 
 
@@ -205,6 +157,7 @@ def greedy_texts(
     max_new_tokens: int,
     batch_size: int | None = None,
     merge: Merge = "auto",
+    per_row_rank: int | float | None = None,
     share_prefix: bool = False,
     stop_when: Callable[[str], bool] | None = None,
 ) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
@@ -212,7 +165,7 @@ def greedy_texts(
 
     ``share_prefix``: when a chunk's rows share one adapter, the tokens they all start with (pass 1's
     long classification instructions) are run once and their KV cache reused by every row, which is
-    exact. ``stop_when(text)`` ends a row early. Returns the decoded completions, each row's prompt ids
+    exact. ``stop_when(text)`` ends a row early. ``per_row_rank``: see :func:`routed_generate`. Returns the decoded completions, each row's prompt ids
     and its generated ids (up to and including the first end-of-sequence token).
     """
     pad = ensure_pad_token(tokenizer)
@@ -239,9 +192,8 @@ def greedy_texts(
                     cache = _prefix_cache(model, chunk[0][:shared], len(chunk), device)
                     out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, **greedy)
             else:
-                out = routed_generate(
-                    model, chunk_rows, merge=merge, input_ids=ids, attention_mask=mask, **greedy
-                )
+                out = routed_generate(model, chunk_rows, merge=merge, per_row_rank=per_row_rank,
+                                      input_ids=ids, attention_mask=mask, **greedy)  # fmt: skip
         for row, sequence in zip(chunk, out, strict=True):
             new = sequence[width:]
             stops = [j for j, token in enumerate(new.tolist()) if token in eos_ids]

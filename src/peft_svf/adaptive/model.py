@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from ..prompts import Prompt, questions_from_ids, render
 from ..svf.config import SVFConfig
 from ..tokens import ensure_pad_token
-from .cem import CEMResult, cem_adapt
+from .cem import CEMConfig, CEMResult, cem_adapt
 from .dispatch import (
     CLASSIFIER_ADAPTER,
     ClassifierDispatcher,
@@ -217,28 +217,16 @@ class SelfAdaptiveModel(nn.Module):
         self,
         few_shot_dataset: Any,
         reward_funcs: Any,
-        *,
-        population_size: int = 32,
-        elite_ratio: float = 0.2,
-        generations: int = 10,
-        per_layer: bool = False,
-        normalize: bool = False,
-        adapter_name: str = "few_shot",
-        seed: int = 0,
-        max_new_tokens: int | None = None,
-        batch_size: int | None = None,
-        progress: bool = True,
+        config: CEMConfig | None = None,
+        **legacy_settings: Any,
     ) -> CEMResult:
         """Strategy C: CEM search for the expert mixture that does best on ``few_shot_dataset``.
 
-        The best mixture is added to ``self.model`` as adapter ``adapter_name``; use it with
-        ``use_mixture(result.adapter_name)``. See :func:`peft_svf.adaptive.cem.cem_adapt`.
+        The best mixture is added to ``self.model`` as adapter ``config.adapter_name``; use it with
+        ``use_mixture(result.adapter_name)``. See :class:`~peft_svf.adaptive.cem.CEMConfig` and
+        :func:`~peft_svf.adaptive.cem.cem_adapt`.
         """
-        return cem_adapt(
-            self, few_shot_dataset, reward_funcs, population_size=population_size, elite_ratio=elite_ratio,
-            generations=generations, per_layer=per_layer, normalize=normalize, adapter_name=adapter_name, seed=seed,
-            max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-        )  # fmt: skip
+        return cem_adapt(self, few_shot_dataset, reward_funcs, config, **legacy_settings)
 
     def extra_repr(self) -> str:
         return f"experts={self.experts}, dispatcher={type(self.dispatcher).__name__}"

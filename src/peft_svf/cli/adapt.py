@@ -7,10 +7,12 @@ handful of examples best; the result is an ordinary SVF adapter, usable like any
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .common import (
     REWARDS,
@@ -27,6 +29,9 @@ from .common import (
 )
 
 NAME = "adapt"
+# flags named as CEMConfig's fields
+CEM_FLAGS = ("population_size", "elite_ratio", "generations", "per_layer", "normalize", "batch_size",
+             "adapter_name", "seed")  # fmt: skip
 EXAMPLES = """examples:
   peft-svf adapt --expert math=experts/math/expert --expert code=experts/code/expert \\
       --expert reasoning=experts/reasoning/expert --data few_shot.jsonl --reward numeric_result \\
@@ -72,6 +77,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=main)
 
 
+def cem_config(args: argparse.Namespace) -> Any:
+    """The command's CEM flags as a ``CEMConfig`` (the same settings object the Python API takes)."""
+    from ..adaptive import CEMConfig
+
+    settings = {name: getattr(args, name) for name in CEM_FLAGS}
+    if args.max_new_tokens is not None:
+        settings["max_new_tokens"] = args.max_new_tokens
+    return CEMConfig(**settings, progress=not args.quiet)
+
+
 def main(args: argparse.Namespace) -> int:
     from ..hub import write_model_card
     from ..paths import RESULTS_FILE
@@ -80,24 +95,19 @@ def main(args: argparse.Namespace) -> int:
     data = read_table(args.data, args.prompt_column)
     reward = get_task(args.task).reward if args.task else make_reward(args.reward, data)
     model, tokenizer = load_model(args.model, args.device, args.dtype)
-    sam = self_adaptive_model(args.experts, model, tokenizer)
-    result = sam.adapt(
-        chat_prompts(data, tokenizer, args.raw_prompts), reward, population_size=args.population_size,
-        elite_ratio=args.elite_ratio, generations=args.generations, per_layer=args.per_layer,
-        normalize=args.normalize, adapter_name=args.adapter_name, seed=args.seed,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet,
-    )  # fmt: skip
+    adaptive_model = self_adaptive_model(args.experts, model, tokenizer)
+    config = cem_config(args)
+    result = adaptive_model.adapt(chat_prompts(data, tokenizer, args.raw_prompts), reward, config)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.output_dir) as tmp:
         # PEFT saves an adapter not named "default" in a subfolder of its name; the output is the adapter itself
-        sam.model.save_pretrained(tmp, selected_adapters=[result.adapter_name])
+        adaptive_model.model.save_pretrained(tmp, selected_adapters=[result.adapter_name])
         for item in (Path(tmp) / result.adapter_name).iterdir():
             shutil.move(str(item), args.output_dir / item.name)
     summary = {
         "method": "cem", "data": {"few-shot": str(args.data)}, "n_examples": len(data),
         "reward": getattr(reward, "__name__", args.reward), "task": args.task, "experts": dict(args.experts),
-        "settings": {k: getattr(args, k) for k in ("population_size", "elite_ratio", "generations", "per_layer",
-                                                   "normalize", "max_new_tokens", "seed")},
+        "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress", "adapter_name")},
         **result.to_dict(),
     }  # fmt: skip
     (args.output_dir / RESULTS_FILE).write_text(json.dumps(summary, indent=2, default=str))

@@ -73,7 +73,7 @@ def describe(decision: Any) -> str:
     return f"[dispatch: {label}; alpha {', '.join(weights) or 'none (base weights)'}]"
 
 
-def _completions(sam: Any, prompts: Sequence[Any], args: argparse.Namespace) -> list[str]:
+def _completions(adaptive_model: Any, prompts: Sequence[Any], args: argparse.Namespace) -> list[str]:
     """Two-pass generation for a batch of prompts; the new text of each."""
     import torch
 
@@ -82,19 +82,22 @@ def _completions(sam: Any, prompts: Sequence[Any], args: argparse.Namespace) -> 
     torch.manual_seed(args.seed)
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}  # fmt: skip
-    out = sam.generate(prompts=list(prompts), max_new_tokens=args.max_new_tokens, **sampling)
+    out = adaptive_model.generate(prompts=list(prompts), max_new_tokens=args.max_new_tokens, **sampling)
     # generate returns prompt + completion, the prompts left-padded to the longest one
-    width = sam.tokenizer([render(sam.tokenizer, p) for p in prompts], padding=True, add_special_tokens=False,
-                          return_tensors="pt")["input_ids"].shape[1]  # fmt: skip
-    return sam.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    tokenizer = adaptive_model.tokenizer
+    width = tokenizer([render(tokenizer, p) for p in prompts], padding=True, add_special_tokens=False,
+                      return_tensors="pt")["input_ids"].shape[1]  # fmt: skip
+    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
 def generate_main(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, args.device, args.dtype)
-    sam = self_adaptive_model(args.experts, model, tokenizer, args.dispatcher, args.classifier)
-    completions = _completions(sam, [as_prompt(p, tokenizer, args.raw_prompts) for p in args.prompts], args)
+    adaptive_model = self_adaptive_model(args.experts, model, tokenizer, args.dispatcher, args.classifier)
+    completions = _completions(
+        adaptive_model, [as_prompt(p, tokenizer, args.raw_prompts) for p in args.prompts], args
+    )
     for i, (prompt, decision, text) in enumerate(
-        zip(args.prompts, sam.last_decisions, completions, strict=True)
+        zip(args.prompts, adaptive_model.last_decisions, completions, strict=True)
     ):
         if i:
             print()
@@ -106,11 +109,12 @@ def generate_main(args: argparse.Namespace) -> int:
 
 def chat_main(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, args.device, args.dtype)
-    sam = self_adaptive_model(args.experts, model, tokenizer, args.dispatcher, args.classifier)
+    adaptive_model = self_adaptive_model(args.experts, model, tokenizer, args.dispatcher, args.classifier)
     opening = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(opening)
     print(
-        f"experts: {', '.join(sam.experts)}; dispatcher {args.dispatcher}. Empty line or /exit quits, /reset clears."
+        f"experts: {', '.join(adaptive_model.experts)}; dispatcher {args.dispatcher}. "
+        "Empty line or /exit quits, /reset clears."
     )
     while True:
         try:
@@ -124,7 +128,7 @@ def chat_main(args: argparse.Namespace) -> int:
             messages = list(opening)
             continue
         messages.append({"role": "user", "content": text})
-        reply = _completions(sam, [messages], args)[0].strip()
-        print(describe(sam.last_decisions[0]))
+        reply = _completions(adaptive_model, [messages], args)[0].strip()
+        print(describe(adaptive_model.last_decisions[0]))
         print(f"model> {reply}")
         messages.append({"role": "assistant", "content": reply})

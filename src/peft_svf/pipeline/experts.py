@@ -16,10 +16,10 @@ from .config import PipelineConfig
 logger = logging.getLogger(__name__)
 
 ModelLoader = Callable[[], tuple[Any, Any]]
-CLASSIFIER = "classifier"
+CLASSIFIER_DIR = "classifier"  # the classification expert's folder under experts/
 
 
-def _stored(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+def _reusable_results(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     """The results of an expert stored in ``folder`` if it was trained with ``settings``, else None."""
     results_file, adapter = folder / RESULTS_FILE, folder / EXPERT_DIR / "adapter_config.json"
     if not (results_file.exists() and adapter.exists()):
@@ -43,7 +43,7 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
     all_results = {}
     for domain, task_name in config.expert_tasks.items():
         folder = config.output_dir / "experts" / domain
-        results = _stored(folder, settings)
+        results = _reusable_results(folder, settings)
         if results is None:
             logger.info("training the %s expert on %s", domain, task_name)
             model, tokenizer = load_model()
@@ -66,8 +66,8 @@ def classification_expert(config: PipelineConfig, load_model: ModelLoader) -> di
     from ..adaptive import train_classification_expert
 
     settings = config.classifier_settings()
-    folder = config.output_dir / "experts" / CLASSIFIER
-    results = _stored(folder, settings)
+    folder = config.output_dir / "experts" / CLASSIFIER_DIR
+    results = _reusable_results(folder, settings)
     if results is None:
         logger.info("training the classification expert")
         model, tokenizer = load_model()

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ..adaptive.dispatch import confusion_matrix
-from .strategies import BASE, CLASSIFIER, FEW_SHOT, PROMPT, SOFT
+from .strategies import BASE_MODEL, CLASSIFIER, FEW_SHOT, PROMPT, SOFT
 
 logger = logging.getLogger(__name__)
 
-METHOD_ORDER = (BASE, "best single expert", PROMPT, CLASSIFIER, FEW_SHOT, SOFT)
+METHOD_ORDER = (BASE_MODEL, "best single expert", PROMPT, CLASSIFIER, FEW_SHOT, SOFT)
 
 
 def _cell(score: dict[str, Any] | None) -> str:

@@ -53,8 +53,10 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     trained = time.time()
     classifier = classification_expert(config, load_model)
     classified = time.time()
-    sams = self_adaptive_models(experts, classifier, load_model)
-    unseen = with_best_single_expert(evaluate_unseen(config, sams, sams[PROMPT].tokenizer))
+    adaptive_models = self_adaptive_models(experts, classifier, load_model)
+    unseen = with_best_single_expert(
+        evaluate_unseen(config, adaptive_models, adaptive_models[PROMPT].tokenizer)
+    )
     domains = {name: get_task(name).domain for name in config.unseen_tasks}
     summary = {
         "config": config.to_dict(),

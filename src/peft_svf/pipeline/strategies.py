@@ -13,7 +13,9 @@ from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
-BASE = "base"
+# The methods of Table 2, as they are named in results.json and table2.md. BASE_MODEL is the base model's row;
+# peft_svf.adaptive.BASE ("__base__") is another thing, the adapter name meaning "no adapter" in a mixture.
+BASE_MODEL = "base"
 PROMPT, CLASSIFIER, SOFT, FEW_SHOT = (
     "prompt dispatch",
     "classification expert",
@@ -25,22 +27,22 @@ PROMPT, CLASSIFIER, SOFT, FEW_SHOT = (
 class DecisionRecorder:
     """Wraps a SelfAdaptiveModel's ``generate`` to keep every dispatch decision, not only the last batch's."""
 
-    def __init__(self, sam: Any) -> None:
-        self.sam, self.decisions = sam, []
+    def __init__(self, adaptive_model: Any) -> None:
+        self.adaptive_model, self.decisions = adaptive_model, []
 
     def __enter__(self) -> list:
-        original = self.sam.generate
+        original = self.adaptive_model.generate
 
         def generate(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
-            self.decisions.extend(self.sam.last_decisions)
+            self.decisions.extend(self.adaptive_model.last_decisions)
             return out
 
-        self.sam.generate = generate
+        self.adaptive_model.generate = generate
         return self.decisions
 
     def __exit__(self, *exc: object) -> None:
-        del self.sam.generate  # the instance attribute goes; the class method shows again
+        del self.adaptive_model.generate  # the instance attribute goes; the class method shows again
 
 
 def _score(model: Any, task: Task, tokenizer: Any, n: int, base_accuracy: float | None) -> dict[str, Any]:
@@ -50,12 +52,12 @@ def _score(model: Any, task: Task, tokenizer: Any, n: int, base_accuracy: float 
             "seconds": round(time.time() - start, 1)}  # fmt: skip
 
 
-def _dispatched(sam: Any, task: Task, tokenizer: Any, n: int, base: float) -> dict[str, Any]:
+def _dispatched(adaptive_model: Any, task: Task, tokenizer: Any, n: int, base: float) -> dict[str, Any]:
     """Score a dispatching strategy and count its labels and mean alpha over the task's prompts."""
-    with DecisionRecorder(sam) as decisions:
-        scores = _score(sam, task, tokenizer, n, base)
+    with DecisionRecorder(adaptive_model) as decisions:
+        scores = _score(adaptive_model, task, tokenizer, n, base)
     labels = Counter(d.label if d.label is not None else OTHERS for d in decisions)
-    experts = list(sam.experts)
+    experts = list(adaptive_model.experts)
     scores["labels"] = {label: labels.get(label, 0) for label in [*experts, OTHERS]}
     scores["mean_alpha"] = {
         k: sum(d.alpha.get(k, 0.0) for d in decisions) / max(len(decisions), 1) for k in experts
@@ -64,57 +66,63 @@ def _dispatched(sam: Any, task: Task, tokenizer: Any, n: int, base: float) -> di
 
 
 def _score_with_adapter(
-    sam: Any, adapter: str, task: Task, tokenizer: Any, n: int, base: float
+    adaptive_model: Any, adapter: str, task: Task, tokenizer: Any, n: int, base: float
 ) -> dict[str, Any]:
-    """Score with one adapter on every prompt through ``sam``: it adds the adapter into the weights for the
-    batch (base-model speed, half the time of SVF's factored forward) and puts the exact weights back."""
-    sam.use_mixture(adapter)
+    """Score with one adapter on every prompt through ``adaptive_model``: it adds the adapter into the weights
+    for the batch (base-model speed, half the time of SVF's factored forward) and puts the exact weights back."""
+    adaptive_model.use_mixture(adapter)
     try:
-        return _score(sam, task, tokenizer, n, base)
+        return _score(adaptive_model, task, tokenizer, n, base)
     finally:
-        sam.use_mixture(None)
+        adaptive_model.use_mixture(None)
 
 
 def evaluate_unseen(
-    config: PipelineConfig, sams: dict[str, Any], tokenizer: Any
+    config: PipelineConfig, adaptive_models: dict[str, Any], tokenizer: Any
 ) -> dict[str, dict[str, Any]]:
     """Every method on every unseen task: ``{task: {method: {"accuracy", "normalized", ...}}}``.
 
-    ``sams`` holds SelfAdaptiveModels sharing one PeftModel, keyed by strategy (PROMPT, CLASSIFIER, SOFT).
+    ``adaptive_models`` holds SelfAdaptiveModels sharing one PeftModel, keyed by strategy (PROMPT,
+    CLASSIFIER, SOFT).
     """
-    sam = sams[PROMPT]
-    peft_model, experts = sam.model, list(sam.experts)
+    adaptive_model = adaptive_models[PROMPT]
+    peft_model, experts = adaptive_model.model, list(adaptive_model.experts)
     table: dict[str, dict[str, Any]] = {}
     for task_name in config.unseen_tasks:
         task, n = get_task(task_name), config.unseen_n
         logger.info("unseen task %s (%d items)", task_name, n)
         with peft_model.disable_adapter():
-            row = {BASE: _score(peft_model, task, tokenizer, n, None)}
-        base = row[BASE]["accuracy"]
-        row[BASE]["normalized"] = 1.0 if base else None
+            row = {BASE_MODEL: _score(peft_model, task, tokenizer, n, None)}
+        base = row[BASE_MODEL]["accuracy"]
+        row[BASE_MODEL]["normalized"] = 1.0 if base else None
         for expert in experts:
-            row[f"expert: {expert}"] = _score_with_adapter(sam, expert, task, tokenizer, n, base)
+            row[f"expert: {expert}"] = _score_with_adapter(adaptive_model, expert, task, tokenizer, n, base)
         for strategy in (PROMPT, CLASSIFIER, SOFT):
-            row[strategy] = _dispatched(sams[strategy], task, tokenizer, n, base)
-        row[FEW_SHOT] = _few_shot(config, sam, task, tokenizer, base)
+            row[strategy] = _dispatched(adaptive_models[strategy], task, tokenizer, n, base)
+        row[FEW_SHOT] = _few_shot(config, adaptive_model, task, tokenizer, base)
         table[task_name] = row
     return table
 
 
-def _few_shot(config: PipelineConfig, sam: Any, task: Task, tokenizer: Any, base: float) -> dict[str, Any]:
+def _few_shot(
+    config: PipelineConfig, adaptive_model: Any, task: Task, tokenizer: Any, base: float
+) -> dict[str, Any]:
     """CEM on ``cem_shots`` training items of the task (none of them a test item), then the mixture on the test."""
     tested = set(task.load("test").select(range(config.unseen_n))["question"])
     pool = train_valid_split(task.load("train"), "train").filter(lambda row: row["question"] not in tested)
     shots = pool.select(range(config.cem_shots))  # unseen tasks draw test items from the pool's space too
     start = time.time()
-    found = sam.adapt(
-        shots, task.reward, population_size=config.cem_population, elite_ratio=config.cem_elite_ratio,
-        generations=config.cem_generations, adapter_name=f"cem_{task.name}", seed=config.seed,
-        max_new_tokens=task.max_new_tokens,
-    )  # fmt: skip
+    from ..adaptive import CEMConfig
+
+    cem = CEMConfig(population_size=config.cem_population, elite_ratio=config.cem_elite_ratio,
+                    generations=config.cem_generations, adapter_name=f"cem_{task.name}", seed=config.seed,
+                    max_new_tokens=task.max_new_tokens)  # fmt: skip
+    found = adaptive_model.adapt(shots, task.reward, cem)
     search_seconds = round(time.time() - start, 1)
-    sam.model.save_pretrained(str(config.output_dir / "adapters"), selected_adapters=[found.adapter_name])
-    scores = _score_with_adapter(sam, found.adapter_name, task, tokenizer, config.unseen_n, base)
+    adaptive_model.model.save_pretrained(
+        str(config.output_dir / "adapters"), selected_adapters=[found.adapter_name]
+    )
+    scores = _score_with_adapter(adaptive_model, found.adapter_name, task, tokenizer, config.unseen_n, base)
     scores.update(alpha=found.alpha, few_shot_score=found.score, search_seconds=search_seconds,
                   history=found.history)  # fmt: skip
     return scores

@@ -69,6 +69,29 @@ def singular_value_gain(
     return mass_preserving_gain(official_mask(vector, max_mult), singular_values).float()
 
 
+def path_costs(
+    tokens: int,
+    out_features: int,
+    in_features: int,
+    rank: int,
+    needs_grad: bool,
+    factored_replaces_base: bool,
+) -> tuple[int, int]:
+    """(recompose, factored): the work each path adds beyond the frozen base, in multiply-adds.
+
+    With ``T`` tokens, an ``m x n`` weight and rank ``r``:
+      recompose: ``m n r`` to build the weight (with gradients, ``m n r`` more plus ``T m n`` for them);
+      factored: ``T r (m + n)`` (doubled with gradients), minus the base matmul ``T m n`` (doubled with
+      gradients) when the factored path replaces it, as it does for dense bases.
+    Merging an adapter for a whole ``generate`` is recompose once against factored on all its tokens.
+    """
+    m, n, r, t = out_features, in_features, rank, tokens
+    passes = 2 if needs_grad else 1
+    recompose = passes * m * n * r + (t * m * n if needs_grad else 0)
+    factored = passes * t * r * (m + n) - (passes * t * m * n if factored_replaces_base else 0)
+    return recompose, factored
+
+
 def prefer_recompose(
     tokens: int,
     out_features: int,
@@ -77,17 +100,10 @@ def prefer_recompose(
     needs_grad: bool,
     factored_replaces_base: bool,
 ) -> bool:
-    """Whether building the dense weight costs fewer FLOPs than the factored path, for this call.
-
-    Work beyond the frozen base, in multiply-adds (``T`` tokens, ``m x n`` weight, rank ``r``):
-      recompose: ``m n r`` to build the weight (with gradients, ``m n r`` more plus ``T m n`` for them);
-      factored: ``T r (m + n)`` (doubled with gradients), minus the base matmul ``T m n`` (doubled with
-      gradients) when the factored path replaces it, as it does for dense bases.
-    """
-    m, n, r, t = out_features, in_features, rank, tokens
-    passes = 2 if needs_grad else 1
-    recompose = passes * m * n * r + (t * m * n if needs_grad else 0)
-    factored = passes * t * r * (m + n) - (passes * t * m * n if factored_replaces_base else 0)
+    """Whether building the dense weight costs fewer FLOPs than the factored path, for this call."""
+    recompose, factored = path_costs(
+        tokens, out_features, in_features, rank, needs_grad, factored_replaces_base
+    )
     return recompose < factored
 
 

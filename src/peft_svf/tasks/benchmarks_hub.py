@@ -165,16 +165,17 @@ def _arc_loader(config: str) -> Callable[..., Dataset]:
     return load
 
 
-_EXEC = {"max_new_tokens": 512}
+# Worked solutions and whole programs: the generation budget of the math and code benchmarks.
+_LONG_ANSWER_BUDGET = {"max_new_tokens": 512}
 register_task(Task("gsm8k", "math", load_gsm8k, numeric_reward(name="gsm8k_reward"),
-                   "GSM8K grade-school math; last number (or '#### n') vs the reference", **_EXEC))  # fmt: skip
+                   "GSM8K grade-school math; last number (or '#### n') vs the reference", **_LONG_ANSWER_BUDGET))  # fmt: skip
 register_task(Task("math", "math", load_math, math_reward(name="math_reward"),
-                   "MATH competition problems; last \\boxed{} vs the reference, normalised", **_EXEC))  # fmt: skip
+                   "MATH competition problems; last \\boxed{} vs the reference, normalised", **_LONG_ANSWER_BUDGET))  # fmt: skip
 register_task(Task("mbpp", "code", load_mbpp, code_reward(assert_tests, name="mbpp_reward"),
-                   "MBPP (MBPP-pro in the paper): code must pass the task's asserts in the sandbox", **_EXEC))  # fmt: skip
+                   "MBPP (MBPP-pro in the paper): code must pass the task's asserts in the sandbox", **_LONG_ANSWER_BUDGET))  # fmt: skip
 register_task(Task("humaneval", "code", load_humaneval, code_reward(check_function_tests, name="humaneval_reward"),
                    "HumanEval: completed function must pass check(entry_point) in the sandbox",
-                   splits=("test",), **_EXEC))  # fmt: skip
+                   splits=("test",), **_LONG_ANSWER_BUDGET))  # fmt: skip
 register_task(Task("arc_easy", "reasoning", _arc_loader("ARC-Easy"), choice_reward(name="arc_easy_reward"),
                    "ARC-Easy multiple choice; the chosen letter vs the answer key", max_new_tokens=64))  # fmt: skip
 register_task(Task("arc_challenge", "reasoning", _arc_loader("ARC-Challenge"),
