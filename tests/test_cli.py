@@ -13,16 +13,20 @@ import types
 from pathlib import Path
 
 import pytest
-import torch
 from datasets import Dataset
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_svf import SVFConfig
 from peft_svf.cli import main
 from peft_svf.cli.common import REWARDS
 from peft_svf.tasks import Task, evaluate, register_task
-from trainer_fixtures import adapter_config, prompts, starts_with, tiny_llama, tiny_tokenizer
+from trainer_fixtures import (
+    prompts,
+    save_random_experts,
+    save_tiny_model,
+    starts_with,
+)
 
 TOY_TASK = "toy_cli_starts_with_e"
 COMMANDS = {
@@ -51,25 +55,12 @@ def toy_task() -> str:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A tiny Llama and its character tokenizer (with a chat template), saved like a Hub model."""
-    path = tmp_path_factory.mktemp("tiny_model")
-    tokenizer = tiny_tokenizer()
-    tiny_llama(len(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="module")
 def experts(model_dir, tmp_path_factory):
-    """Two SVF experts of the tiny model, made different by their random initial vectors."""
-    root = tmp_path_factory.mktemp("experts")
-    config = adapter_config("svf")
-    config.init_noise_std = 0.5
-    for seed, name in enumerate(("math", "code")):
-        torch.manual_seed(seed)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config)
-        model.save_pretrained(root / name)
-    return {"math": root / "math", "code": root / "code"}
+    return save_random_experts(model_dir, tmp_path_factory.mktemp("experts"))
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:

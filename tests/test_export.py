@@ -18,7 +18,7 @@ from peft_svf.cli import main
 from peft_svf.svf import low_rank
 from peft_svf.svf.low_rank import svf_to_lora, top_components, truncated_factors
 from tiny_models import make_tiny_gpt2, make_tiny_llama
-from trainer_fixtures import adapter_config, tiny_llama, tiny_tokenizer
+from trainer_fixtures import save_random_experts, save_tiny_model, tiny_tokenizer
 from vllm_lora_rules import vllm_violations
 
 MAKERS = {"llama": make_tiny_llama, "gpt2": make_tiny_gpt2}
@@ -171,22 +171,12 @@ def test_rank_above_the_cap_is_refused_naming_the_option():
 # -- peft-svf export ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("export_base")
-    tokenizer = tiny_tokenizer()
-    tiny_llama(len(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("export_base"))
 
 
 @pytest.fixture(scope="module")
 def experts(model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("export_experts")
-    config = adapter_config("svf")
-    config.init_noise_std = 0.5
-    for seed, name in enumerate(("math", "code")):
-        torch.manual_seed(seed)
-        get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config).save_pretrained(root / name)
-    return {"math": root / "math", "code": root / "code"}
+    return save_random_experts(model_dir, tmp_path_factory.mktemp("export_experts"))
 
 
 def run(argv: list, capsys) -> tuple[int, str, str]:

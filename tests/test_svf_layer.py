@@ -9,7 +9,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peft_svf import SVFConfig
-from peft_svf.svf.layer import prefer_recompose
+from peft_svf.svf.layer import path_costs
 
 
 class TwoLinear(nn.Module):
@@ -77,6 +77,11 @@ def test_auto_mode_agrees_with_both_explicit_modes():
         outputs[mode] = peft_model(torch.ones(3, 5))
     torch.testing.assert_close(outputs["auto"], outputs["recompose"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outputs["auto"], outputs["factored"], atol=1e-5, rtol=1e-5)
+
+
+def prefer_recompose(**shape) -> bool:
+    recompose, factored = path_costs(**shape)
+    return recompose < factored
 
 
 @pytest.mark.parametrize("replaces_base", [True, False])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 import string
+from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftConfig, PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -61,6 +62,26 @@ def adapter_config(kind: str) -> PeftConfig:
     from peft_svf import SVFConfig
 
     return SVFConfig(target_modules=targets, svd_cache=False)
+
+
+def save_tiny_model(path: Path) -> Path:
+    """A tiny Llama and its character tokenizer (with a chat template), saved like a Hub model."""
+    tokenizer = tiny_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def save_random_experts(model_dir: Path, root: Path, names: tuple[str, ...] = ("math", "code")) -> dict[str, Path]:
+    """SVF experts of the saved tiny model, made different by their random initial vectors (seeds 0, 1...)."""
+    from transformers import AutoModelForCausalLM
+
+    config = adapter_config("svf")
+    config.init_noise_std = 0.5
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config).save_pretrained(root / name)
+    return {name: root / name for name in names}
 
 
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

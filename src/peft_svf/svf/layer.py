@@ -92,21 +92,6 @@ def path_costs(
     return recompose, factored
 
 
-def prefer_recompose(
-    tokens: int,
-    out_features: int,
-    in_features: int,
-    rank: int,
-    needs_grad: bool,
-    factored_replaces_base: bool,
-) -> bool:
-    """Whether building the dense weight costs fewer FLOPs than the factored path, for this call."""
-    recompose, factored = path_costs(
-        tokens, out_features, in_features, rank, needs_grad, factored_replaces_base
-    )
-    return recompose < factored
-
-
 def _keep_standard_4bit_layout(base: nn.Module) -> None:
     """Undo and switch off bitsandbytes' CPU repacking of a 4-bit weight (a no-op for any other layer).
 
@@ -372,9 +357,10 @@ class SVFLayer(BaseTunerLayer):
             return modes.pop() == "recompose"
         tokens = x.numel() // self.in_features
         needs_grad = torch.is_grad_enabled() and any(self.svf_vector[n].requires_grad for n in adapter_names)
-        return prefer_recompose(
+        recompose, factored = path_costs(
             tokens, self.out_features, self.in_features, self.rank, needs_grad, self.factored_replaces_base
         )
+        return recompose < factored
 
     def _factored(self, x: torch.Tensor, singular_values: torch.Tensor) -> torch.Tensor:
         """``U (singular_values * (V^T x))``: two thin matmuls, no dense weight."""
