@@ -238,6 +238,10 @@ def test_train_on_a_task_writes_adapter_results_and_card(toy_task, model_dir, tm
     assert results["settings"]["temperature"] == 0.5
     assert results["task"] == toy_task and results["reward"] == "starts_with" and results["test_n"] == 8
     assert {"base_test_accuracy", "expert_test_accuracy"} <= set(results)
+    for which in ("base", "expert"):  # the per-item record behind each accuracy (for confidence intervals)
+        items = results[f"{which}_test_items"]
+        assert len(items) == 8 and set(items) <= {0, 1}
+        assert sum(items) / 8 == results[f"{which}_test_accuracy"]
     assert (output / "expert" / "adapter_config.json").exists()
     assert (output / "expert" / "adapter_model.safetensors").exists()
     card = (output / "expert" / "README.md").read_text()

@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
 from .config import FULL, QUICK, PipelineConfig, parse_args
 
-__all__ = ["FULL", "QUICK", "PipelineConfig", "main", "run_pipeline"]
+__all__ = [
+    "FULL",
+    "QUICK",
+    "PipelineConfig",
+    "aggregate_seeds",
+    "bootstrap_ci",
+    "main",
+    "run_pipeline",
+    "run_seeds",
+]
+
+_LAZY = {  # name: submodule; imported on first use (run imports torch, transformers and TRL)
+    "run_pipeline": "run",
+    "run_seeds": "run",
+    "aggregate_seeds": "aggregate",
+    "bootstrap_ci": "aggregate",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """``peft-svf run``: the flags are read (and ``--help`` answered) before the trainer stack is imported."""
     config = parse_args(argv)
-    from .run import run_pipeline
+    from .run import run_pipeline, run_seeds
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    run_pipeline(config)
+    if config.seeds:  # --seeds: one job per seed, then the statistics over seeds
+        run_seeds(config)
+    else:
+        run_pipeline(config)
     return 0
 
 
 def __getattr__(name: str) -> Any:
-    if name == "run_pipeline":  # imports torch, transformers and TRL: only when the job runs
-        from .run import run_pipeline
-
-        return run_pipeline
+    if name in _LAZY:  # only when the job runs (or its statistics are wanted)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

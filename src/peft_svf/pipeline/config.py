@@ -23,6 +23,9 @@ class PipelineConfig:
     expert_tasks: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_EXPERT_TASKS))
     unseen_tasks: tuple[str, ...] = DEFAULT_UNSEEN_TASKS
     seed: int = 0
+    # several seeds (run_seeds): one job per seed in output_dir/seed-<s>/, then mean ± sd and 95% CIs in
+    # output_dir/report/; empty: one job with ``seed``
+    seeds: tuple[int, ...] = ()
     # experts (the small-batch recipe of docs/trainer.md)
     expert_steps: int = 30
     expert_batch: int = 16
@@ -57,7 +60,10 @@ class PipelineConfig:
                     experts=sorted(self.expert_tasks.items()))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        if not self.seeds:  # a single-seed job's results.json keeps the keys it had before --seeds
+            del config["seeds"]
+        return config
 
 
 FULL = PipelineConfig()
@@ -94,11 +100,19 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     parser.add_argument(
         "--model", default=None, help="Hub id or path of the base model; default: the embedded SmolLM2"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    seed = parser.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=0, help="the seed of a single job (default 0)")
+    seed.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                      help="several seeds: one job each in OUTPUT_DIR/seed-<s>/, then OUTPUT_DIR/report/ "
+                      "with mean ± sd over seeds and 95%% bootstrap CIs")  # fmt: skip
     parser.add_argument("--unseen-n", type=int, default=None, help="test items per unseen task")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
-    changes = {"model": args.model, "seed": args.seed}
+    changes: dict[str, Any] = {"model": args.model, "seed": args.seed}
+    if args.seeds is not None:
+        if len(set(args.seeds)) != len(args.seeds):
+            parser.error(f"--seeds: each seed once, got {args.seeds}")
+        changes["seeds"] = tuple(args.seeds)
     if args.output_dir is not None:
         changes["output_dir"] = args.output_dir
     if args.unseen_n is not None:

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from ..tasks import get_task
+from .aggregate import aggregate_seeds
 from .config import PipelineConfig
 from .experts import ModelLoader, classification_expert, domain_experts
-from .report import confusion, experts_markdown, table2_markdown, with_best_single_expert, write_report
+from .report import (
+    confusion,
+    experts_markdown,
+    experts_seeds_markdown,
+    summed_confusion,
+    table2_markdown,
+    table2_seeds_markdown,
+    with_best_single_expert,
+    write_report,
+    write_seeds_report,
+)
 from .strategies import CLASSIFIER, PROMPT, SOFT, evaluate_unseen
 
 logger = logging.getLogger("peft_svf.pipeline")
@@ -76,3 +88,38 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     print(f"\nUnseen tasks, accuracy % (normalised score):\n{table2_markdown(unseen)}")
     print(f"\nTotal {summary['seconds']['total'] / 60:.1f} min. Report: " + ", ".join(str(f) for f in files))
     return summary
+
+
+def seed_config(config: PipelineConfig, seed: int) -> PipelineConfig:
+    """One seed's job of a multi-seed run: its own folder, so its experts are reused there on a rerun."""
+    return replace(config, seed=seed, seeds=(), output_dir=config.output_dir / f"seed-{seed}")
+
+
+def run_seeds(config: PipelineConfig) -> dict[str, Any]:
+    """:func:`run_pipeline` once per seed of ``config.seeds`` (into ``output_dir/seed-<s>/``), then the
+    statistics over seeds (:func:`~peft_svf.pipeline.aggregate.aggregate_seeds`) written to
+    ``output_dir/report/``; returns what results.json holds."""
+    if not config.seeds:
+        raise ValueError("run_seeds needs config.seeds; a single seed is run_pipeline(config)")
+    start = time.time()
+    summaries = {}
+    for seed in config.seeds:
+        logger.info("seed %d of %s", seed, list(config.seeds))
+        summaries[seed] = run_pipeline(seed_config(config, seed))
+    results = aggregate_seeds(summaries)
+    job = config.to_dict()
+    del job["seed"]  # each seed's own config is in its seed-<s>/report/results.json
+    results.update(
+        config=job,
+        confusion=summed_confusion(summaries),
+        per_seed={str(s): {"report": str(seed_config(config, s).output_dir / "report"),
+                           "seconds": summary.get("seconds")} for s, summary in summaries.items()},
+        seconds={"total": round(time.time() - start, 1)},
+    )  # fmt: skip
+    files = write_seeds_report(config.output_dir / "report", results, summaries)
+    print(f"\nExperts on their own tasks over {len(summaries)} seeds (test accuracy %, mean ± sd [95% CI]):\n"
+          f"{experts_seeds_markdown(results)}")  # fmt: skip
+    print(f"\nUnseen tasks over seeds {list(config.seeds)}, accuracy % mean ± sd [95% CI]:\n"
+          f"{table2_seeds_markdown(results)}")  # fmt: skip
+    print(f"\nTotal {results['seconds']['total'] / 60:.1f} min. Report: " + ", ".join(str(f) for f in files))
+    return results

@@ -48,8 +48,10 @@ class DecisionRecorder:
 def _score(model: Any, task: Task, tokenizer: Any, n: int, base_accuracy: float | None) -> dict[str, Any]:
     start = time.time()
     result = evaluate(model, task, tokenizer, split="test", n=n, base_accuracy=base_accuracy)
+    # correct_items: each test item's 0/1 in order, for the multi-seed report's bootstrap (pipeline.aggregate)
     return {"accuracy": result.accuracy, "normalized": result.normalized_score, "n": result.n,
-            "seconds": round(time.time() - start, 1)}  # fmt: skip
+            "seconds": round(time.time() - start, 1),
+            "correct_items": [int(r["correct"]) for r in result.records]}  # fmt: skip
 
 
 def _dispatched(adaptive_model: Any, task: Task, tokenizer: Any, n: int, base: float) -> dict[str, Any]:

@@ -109,13 +109,16 @@ def train_expert(
     results: dict[str, Any] = {"task": task.name, "domain": task.domain, "settings": settings}
     results["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
 
-    def test_accuracy() -> float:
-        return evaluate(trainer.model, task, tokenizer, split="test", n=test_n,
-                        max_new_tokens=max_new_tokens, progress=progress).accuracy  # fmt: skip
+    def test(which: str) -> None:
+        """``<which>_test_accuracy`` and, for confidence intervals over items, ``<which>_test_items`` (0/1)."""
+        result = evaluate(trainer.model, task, tokenizer, split="test", n=test_n,
+                          max_new_tokens=max_new_tokens, progress=progress)  # fmt: skip
+        results[f"{which}_test_accuracy"] = result.accuracy
+        results[f"{which}_test_items"] = [int(record["correct"]) for record in result.records]
 
     if evaluate_base and test_n:
         with trainer.model.disable_adapter():
-            results["base_test_accuracy"] = test_accuracy()
+            test("base")
     start = time.time()
     trainer.train()
     results["train_wall_s"] = round(time.time() - start, 1)
@@ -127,7 +130,7 @@ def train_expert(
     trainer.model.eval()
     if test_n:
         with torch.no_grad():
-            results["expert_test_accuracy"] = test_accuracy()
+            test("expert")
         results["test_n"] = min(test_n, len(task.load("test")))
     trainer.save_model(str(output_dir / EXPERT_DIR))
     (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
