@@ -27,7 +27,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 from trl.data_utils import is_conversational
-from trl.trainer.utils import identity
+from trl.trainer.utils import identity, selective_log_softmax
 
 from ..prompts import render
 from ..svf.merging import merged_for_inference
@@ -276,8 +276,8 @@ class SVFTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------- loss
 
-    def _completion_logps(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Log-softmax over the vocabulary at every completion position, shape (batch, completion, vocab)."""
+    def _completion_logits(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Temperature-scaled float logits at every completion position, shape (batch, completion, vocab)."""
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         # As TRL does: the LM head runs only where a completion token is predicted, not over the prompt.
@@ -285,8 +285,7 @@ class SVFTrainer(Trainer):
         logits = model(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
         ).logits
-        logits = logits[:, -keep:-1, :].float() / self.args.temperature
-        return torch.log_softmax(logits, dim=-1)
+        return logits[:, -keep:-1, :].float() / self.args.temperature
 
     def compute_loss(
         self,
@@ -298,19 +297,21 @@ class SVFTrainer(Trainer):
         """``-mean_i[A_i · log π(y_i|x_i)] + beta · mean_i KL_i``, both aggregated per ``loss_type``."""
         if return_outputs:
             raise ValueError("SVFTrainer.compute_loss has no model outputs to return.")
-        logps = self._completion_logps(model, inputs)
-        token_logps = logps.gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
-
+        logits = self._completion_logits(model, inputs)
         mask = inputs["completion_mask"].float()
         loss_type = self.args.loss_type
-        loss = -(inputs["advantages"] * aggregate_per_sequence(token_logps, mask, loss_type)).mean()
         if self.args.beta == 0:
-            # As TRL does with beta=0: no base forward at all, which is about a seventh of a step.
-            return loss
+            # As TRL does with beta=0: no base forward at all (about a seventh of a step), and only the
+            # sampled tokens' log-probabilities, without a (batch, completion, vocab) log-softmax.
+            token_logps = selective_log_softmax(logits, inputs["completion_ids"])
+            return -(inputs["advantages"] * aggregate_per_sequence(token_logps, mask, loss_type)).mean()
+        logps = torch.log_softmax(logits, dim=-1)  # the exact KL needs the whole distribution
+        token_logps = logps.gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
+        loss = -(inputs["advantages"] * aggregate_per_sequence(token_logps, mask, loss_type)).mean()
 
         start = time.perf_counter()
         with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-            base_logps = self._completion_logps(self.accelerator.unwrap_model(model), inputs)
+            base_logps = torch.log_softmax(self._completion_logits(self.accelerator.unwrap_model(model), inputs), -1)
         kl = token_kl(logps, base_logps)
         self._timers["kl_time"] += time.perf_counter() - start
         loss = loss + self.args.beta * aggregate_per_sequence(kl, mask, loss_type).mean()
