@@ -116,12 +116,12 @@ def pass_two(
     return built - start, done - built
 
 
-def overhead(sam_by_name: dict[str, SelfAdaptiveModel], prompts: list, enc: dict, tokens_list: list[int],
+def overhead(adaptive_models: dict[str, SelfAdaptiveModel], prompts: list, enc: dict, tokens_list: list[int],
              repeats: int, ranks: list[int]) -> tuple[list[dict], dict[str, Any]]:  # fmt: skip
-    model, tokenizer = sam_by_name["prompt"].model, sam_by_name["prompt"].tokenizer
+    model, tokenizer = adaptive_models["prompt"].model, adaptive_models["prompt"].tokenizer
     base_kwargs = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id}
     rows, decisions_by = [], {}
-    for name, adaptive_model in sam_by_name.items():
+    for name, adaptive_model in adaptive_models.items():
         pass_one = best_of(repeats, lambda s=adaptive_model: s.dispatch(prompts))
         decisions_by[name] = (pass_one, adaptive_model.dispatch(prompts))
 
@@ -147,7 +147,7 @@ def overhead(sam_by_name: dict[str, SelfAdaptiveModel], prompts: list, enc: dict
         base_s = best_of(repeats, base)
         for scenario, (decisions, merge, rank) in scenarios.items():
             runs = [
-                pass_two(sam_by_name["prompt"], decisions, enc, tokens, merge, rank) for _ in range(repeats)
+                pass_two(adaptive_models["prompt"], decisions, enc, tokens, merge, rank) for _ in range(repeats)
             ]
             mix_s, gen_s = min(r[0] for r in runs), min(r[1] for r in runs)
             row = {"new_tokens": tokens, "pass2": scenario, "per_row_rank": rank, "base_generate_s": round(base_s, 3),
@@ -174,7 +174,7 @@ def merge_seconds(model: Any, repeats: int) -> float:
 
 
 def cem_speed(
-    adaptive_model: SelfAdaptiveModel, population: int, shots: int, tokens: int, repeats: int
+    adaptive_model: SelfAdaptiveModel, population: int, shots: int, tokens: int, repeats: int, rank: int
 ) -> dict[str, Any]:
     task = get_task(OFFLINE_UNSEEN_TASKS[0])
     data = task.load("train").select(range(shots))
@@ -191,10 +191,15 @@ def cem_speed(
     serial_s, serial = timed(
         lambda: evaluate_population(adaptive_model, alphas, data, task.reward, batched=False, **kwargs)
     )
+    low_rank_s, low_rank = timed(
+        lambda: evaluate_population(adaptive_model, alphas, data, task.reward, per_row_rank=rank, **kwargs)
+    )
     same = [s.accuracy for s in batched] == [s.accuracy for s in serial]
     return {"population": population, "shots": shots, "max_new_tokens": tokens, "batched_s": round(batched_s, 2),
             "member_by_member_s": round(serial_s, 2), "speedup": round(serial_s / batched_s, 2),
-            "same_scores": same}  # fmt: skip
+            "same_scores": same, "low_rank": rank, "batched_low_rank_s": round(low_rank_s, 2),
+            "low_rank_speedup": round(serial_s / low_rank_s, 2),
+            "low_rank_same_scores": [s.accuracy for s in low_rank] == [s.accuracy for s in serial]}  # fmt: skip
 
 
 def table(rows: list[dict], cem: dict) -> str:
@@ -206,7 +211,9 @@ def table(rows: list[dict], cem: dict) -> str:
     lines.append("")
     lines.append(f"CEM, one generation of {cem['population']} members x {cem['shots']} shots, "
                  f"{cem['max_new_tokens']} new tokens: batched {cem['batched_s']} s, member by member "
-                 f"{cem['member_by_member_s']} s ({cem['speedup']}x), same scores: {cem['same_scores']}")  # fmt: skip
+                 f"{cem['member_by_member_s']} s ({cem['speedup']}x), same scores: {cem['same_scores']}; batched "
+                 f"with each member's rank-{cem['low_rank']} change {cem['batched_low_rank_s']} s "
+                 f"({cem['low_rank_speedup']}x), same scores: {cem['low_rank_same_scores']}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -221,10 +228,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--ranks", type=int, nargs="+", default=[16, 64, 128],
                         help="per_row_rank values for the low-rank per-row rows (default: 16 64 128)")  # fmt: skip
+    parser.add_argument("--tokens", type=int, nargs="+", default=None,
+                        help="new-token counts for pass 2 (default: 64 256; --quick: 16 32)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=None, help="best of this many runs (default: 2; --quick: 1)")
     args = parser.parse_args(argv)
     batch, tokens, population, shots, cem_tokens, repeats = (
         (4, [16, 32], 8, 2, 16, 1) if args.quick else (8, [64, 256], 32, 3, 32, 2)
     )
+    tokens, repeats = args.tokens or tokens, args.repeats or repeats
     load_start = os.getloadavg()[0]
     model, tokenizer = build(args.noise, args.random_weights, args.device, getattr(torch, args.dtype))
     adaptive_models = {
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows, labels = overhead(adaptive_models, prompts, enc, tokens, repeats, args.ranks)
     merge_s = merge_seconds(model, repeats)
     print(f"merge: {merge_s:.2f} s")
-    cem = cem_speed(adaptive_models["prompt"], population, shots, cem_tokens, 1)
+    cem = cem_speed(adaptive_models["prompt"], population, shots, cem_tokens, 1, args.ranks[0])
     print(json.dumps(cem))
     report = {
         "model": f"SmolLM2-135M-Instruct ({'random weights' if args.random_weights else 'embedded'})",
