@@ -1,7 +1,8 @@
 """Accuracy of SVF experts served as merged weights and as LoRA exports of each rank (issue: serving).
 
 For each expert of the main job on its own task's test items, and for a few-shot CEM mixture on its unseen
-task: greedy accuracy of the SVF adapter, of ``peft-svf export --merged`` loaded with plain
+task (searched here as the main job does, if the main job stopped before it): greedy accuracy of the SVF
+adapter, of ``peft-svf export --merged`` loaded with plain
 ``AutoModelForCausalLM``, and of ``peft-svf export --lora-rank K`` (and full rank) loaded with
 ``PeftModel.from_pretrained`` as LoRA, with the share of the change's energy each rank keeps; then the
 smallest rank within one point of SVF. Every export goes through the files a server would read. Accuracy
@@ -16,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +63,33 @@ def measure(adapter_dir: Path, task: str, n: int, ranks: list[int], work: Path) 
                      "accuracy": lora_accuracy(base_dir, work / f"lora-{rank}", task, tokenizer, n)})  # fmt: skip
     export_merged(model, "default", tokenizer, work / "merged")
     merged = AutoModelForCausalLM.from_pretrained(work / "merged").eval()
-    rows.insert(1, {"form": "merged", "rank": None, "energy": 1.0, "accuracy": accuracy(merged, task, tokenizer, n)})
+    rows.insert(
+        1, {"form": "merged", "rank": None, "energy": 1.0, "accuracy": accuracy(merged, task, tokenizer, n)}
+    )
     svf = rows[0]["accuracy"]
     within = [r["rank"] for r in rows if r["form"].startswith("LoRA r=") and r["accuracy"] >= svf - 0.01]
     return {"adapter": str(adapter_dir), "task": task, "n": n, "rows": rows,
             "smallest_rank_within_1_point": min(within) if within else None,
             "seconds": round(time.time() - start, 1)}  # fmt: skip
+
+
+def search_cem_mixture(experts_dir: Path, task_name: str) -> None:
+    """The main job's few-shot stage for one unseen task (same shots, CEM settings and seed), for a main job
+    stopped before it; writes ``experts_dir/adapters/cem_<task>`` as the main job does."""
+    from peft_svf.adaptive import SelfAdaptiveModel
+    from peft_svf.pipeline import FULL
+    from peft_svf.pipeline.strategies import few_shot_cem
+
+    base, tokenizer = load_embedded_model()
+    experts = {d: str(experts_dir / "experts" / d / "expert") for d in DOMAINS}
+    adaptive_model = SelfAdaptiveModel.from_pretrained(base, experts=experts, tokenizer=tokenizer)
+    found = few_shot_cem(
+        replace(FULL, output_dir=experts_dir), adaptive_model, get_task(task_name), tokenizer, None
+    )
+    print(
+        f"CEM on {task_name}: alpha {found['alpha']}, few-shot {found['few_shot_score']}, "
+        f"test {found['accuracy']:.3f} ({found['search_seconds']} s search)"
+    )
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -110,6 +133,8 @@ def main() -> None:
         jobs.append((f"{domain} expert on {task}", folder / "expert", task, args.test_n))
     if "cem" in args.jobs:
         cem = args.experts_dir / "adapters" / f"cem_{args.cem_task}"
+        if not cem.exists():
+            search_cem_mixture(args.experts_dir, args.cem_task)
         jobs.append((f"CEM mixture on {args.cem_task}", cem, args.cem_task, args.unseen_n))
     previous = json.loads(args.output.read_text())["results"] if args.output.exists() else []
     results = [r for r in previous if r["label"] not in {job[0] for job in jobs}]
@@ -123,7 +148,9 @@ def main() -> None:
                   f"{result['smallest_rank_within_1_point']}")  # fmt: skip
             print("| form | r | mean energy | accuracy % |\n| --- | ---: | ---: | ---: |")
             for row in result["rows"]:
-                print(f"| {row['form']} | {row['rank'] or '-'} | {row['energy']:.3f} | {100 * row['accuracy']:.1f} |")
+                print(
+                    f"| {row['form']} | {row['rank'] or '-'} | {row['energy']:.3f} | {100 * row['accuracy']:.1f} |"
+                )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"ranks": args.ranks, "results": results}, indent=2))
     plot(results, args.output.with_suffix(".png"))

@@ -101,21 +101,24 @@ def evaluate_unseen(
             row[f"expert: {expert}"] = _score_with_adapter(adaptive_model, expert, task, tokenizer, n, base)
         for strategy in (PROMPT, CLASSIFIER, SOFT):
             row[strategy] = _dispatched(adaptive_models[strategy], task, tokenizer, n, base)
-        row[FEW_SHOT] = _few_shot(config, adaptive_model, task, tokenizer, base)
+        row[FEW_SHOT] = few_shot_cem(config, adaptive_model, task, tokenizer, base)
         table[task_name] = row
     return table
 
 
-def _few_shot(
-    config: PipelineConfig, adaptive_model: Any, task: Task, tokenizer: Any, base: float
+def few_shot_cem(
+    config: PipelineConfig, adaptive_model: Any, task: Task, tokenizer: Any, base: float | None
 ) -> dict[str, Any]:
-    """CEM on ``cem_shots`` training items of the task (none of them a test item), then the mixture on the test."""
+    """CEM on ``cem_shots`` training items of the task (none of them a test item), then the mixture on the test.
+
+    The mixture is saved as ``config.output_dir / "adapters" / f"cem_{task.name}"``.
+    """
+    from ..adaptive import CEMConfig
+
     tested = set(task.load("test").select(range(config.unseen_n))["question"])
     pool = train_valid_split(task.load("train"), "train").filter(lambda row: row["question"] not in tested)
     shots = pool.select(range(config.cem_shots))  # unseen tasks draw test items from the pool's space too
     start = time.time()
-    from ..adaptive import CEMConfig
-
     cem = CEMConfig(population_size=config.cem_population, elite_ratio=config.cem_elite_ratio,
                     generations=config.cem_generations, adapter_name=f"cem_{task.name}", seed=config.seed,
                     max_new_tokens=task.max_new_tokens)  # fmt: skip
