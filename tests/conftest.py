@@ -1,9 +1,11 @@
-"""Shared fixtures: an isolated SVD cache per test and a fixed batch of token ids."""
+"""Shared fixtures: an isolated SVD cache per test, a fixed batch of token ids, a saved tiny model and experts."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+from trainer_fixtures import save_random_experts, save_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +28,15 @@ def isolated_svd_cache(request, tmp_path_factory, monkeypatch):
 @pytest.fixture
 def input_ids() -> torch.Tensor:
     return torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny Llama and its character tokenizer (with a chat template), saved like a Hub model."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="module")
+def experts(model_dir, tmp_path_factory):
+    """Two SVF experts of ``model_dir`` ("math", "code"), made different by their random initial vectors."""
+    return save_random_experts(model_dir, tmp_path_factory.mktemp("experts"))

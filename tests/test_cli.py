@@ -18,15 +18,13 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_svf import SVFConfig
-from peft_svf.cli import main
 from peft_svf.cli.common import REWARDS
 from peft_svf.tasks import Task, evaluate, register_task
 from trainer_fixtures import (
     prompts,
-    save_random_experts,
-    save_tiny_model,
     starts_with,
 )
+from trainer_fixtures import run_cli as run
 
 TOY_TASK = "toy_cli_starts_with_e"
 COMMANDS = {
@@ -51,26 +49,6 @@ def _toy_split(split: str) -> Dataset:
 def toy_task() -> str:
     register_task(Task(TOY_TASK, "toy", _toy_split, starts_with, max_new_tokens=4), overwrite=True)
     return TOY_TASK
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny_model"))
-
-
-@pytest.fixture(scope="module")
-def experts(model_dir, tmp_path_factory):
-    return save_random_experts(model_dir, tmp_path_factory.mktemp("experts"))
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of one CLI call, whether it returned or exited through argparse."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_top_level_help_lists_every_command(capsys):

@@ -14,11 +14,11 @@ from transformers import AutoModelForCausalLM
 
 from peft_svf import SVFConfig
 from peft_svf.adaptive.mixing import mix_svf_adapters, svf_layers
-from peft_svf.cli import main
 from peft_svf.svf import low_rank
 from peft_svf.svf.low_rank import svf_to_lora, top_components, truncated_factors
 from tiny_models import make_tiny_gpt2, make_tiny_llama
-from trainer_fixtures import save_random_experts, save_tiny_model, tiny_tokenizer
+from trainer_fixtures import run_cli as run
+from trainer_fixtures import tiny_tokenizer
 from vllm_lora_rules import vllm_violations
 
 MAKERS = {"llama": make_tiny_llama, "gpt2": make_tiny_gpt2}
@@ -169,25 +169,6 @@ def test_rank_above_the_cap_is_refused_naming_the_option():
 
 
 # -- peft-svf export ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("export_base"))
-
-
-@pytest.fixture(scope="module")
-def experts(model_dir, tmp_path_factory):
-    return save_random_experts(model_dir, tmp_path_factory.mktemp("export_experts"))
-
-
-def run(argv: list, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def svf_reference(model_dir, experts: dict, alpha: dict | None = None) -> PeftModel:
     """The SVF model the export must reproduce: the experts loaded by PEFT, mixed by the package's own mixer."""
     (first, path), *others = experts.items()

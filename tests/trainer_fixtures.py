@@ -143,3 +143,15 @@ def make_trainer(
         processing_class=tokenizer,
         peft_config=None if isinstance(model, PeftModel) else adapter_config(kind),
     )
+
+
+def run_cli(argv: list, capsys: Any) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of one ``peft-svf`` call, whether it returned or exited through argparse."""
+    from peft_svf.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
