@@ -51,11 +51,15 @@ def test_mixed_batch_logits_match_one_prompt_at_a_time(keep_base_weight):
     assert (expected[0] - expected[1]).abs().max() > 1e-2  # the experts really differ
 
 
-def test_mixed_batch_greedy_generation_matches_one_prompt_at_a_time():
-    model = model_with_two_experts()
+def three_row_generation() -> tuple:
+    """Two experts, three prompts (code, no adapter, math) and greedy settings forcing 6 new tokens."""
     input_ids = torch.randint(0, 96, (3, 6), generator=torch.Generator().manual_seed(4))
-    rows = ["code", "__base__", "math"]
     kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    return model_with_two_experts(), input_ids, ["code", "__base__", "math"], kwargs
+
+
+def test_mixed_batch_greedy_generation_matches_one_prompt_at_a_time():
+    model, input_ids, rows, kwargs = three_row_generation()
     with torch.no_grad():
         mixed = model.generate(input_ids=input_ids, adapter_names=rows, **kwargs)
         expected = one_by_one(model, input_ids, rows, lambda ids: model.generate(input_ids=ids, **kwargs))
@@ -141,10 +145,7 @@ def test_each_low_rank_row_is_its_experts_truncated_change(rows, rank):
 
 
 def test_low_rank_base_rows_equal_the_base_and_generation_matches_full_rank():
-    model = model_with_two_experts()
-    input_ids = torch.randint(0, 96, (3, 6), generator=torch.Generator().manual_seed(4))
-    rows = ["code", "__base__", "math"]
-    kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    model, input_ids, rows, kwargs = three_row_generation()
     with torch.no_grad():
         low, _ = row_layouts(model, input_ids, rows, 2)
         with model.disable_adapter():
