@@ -110,14 +110,13 @@ def _untie_adapted_weights(model: PeftModel, adapter_name: str) -> bool:
     import torch
 
     from ..adaptive.mixing import svf_layers
+    from ..svf.merging import parameter_uses
 
-    uses: dict[int, int] = {}
-    for _, param in model.named_parameters(remove_duplicate=False):
-        uses[id(param)] = uses.get(id(param), 0) + 1
+    uses = parameter_uses(model)
     untied = False
     for layer in svf_layers(model).values():
         base = layer.get_base_layer()
-        if adapter_name in layer.svf_vector and uses.get(id(base.weight), 0) > 1:
+        if adapter_name in layer.svf_vector and uses[id(base.weight)] > 1:
             base.weight = torch.nn.Parameter(base.weight.detach().clone(), requires_grad=False)
             untied = True
     return untied

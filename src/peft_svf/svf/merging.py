@@ -33,6 +33,12 @@ def _layers_holding(model: PeftModel, adapter_name: str) -> list[BaseTunerLayer]
     ]
 
 
+def parameter_uses(model: nn.Module) -> Counter[int]:
+    """How many module attributes hold each parameter (by ``id``): above 1 means tied, e.g. an output head
+    sharing the input embeddings."""
+    return Counter(id(param) for _, param in model.named_parameters(remove_duplicate=False))
+
+
 def mergeable(model: PeftModel, adapter_name: str) -> bool:
     """Whether ``adapter_name`` can be merged and taken out again exactly.
 
@@ -45,7 +51,7 @@ def mergeable(model: PeftModel, adapter_name: str) -> bool:
     layers = _layers_holding(model, adapter_name)
     if not layers:
         return False
-    uses = Counter(id(param) for _, param in model.named_parameters(remove_duplicate=False))
+    uses = parameter_uses(model)
     for layer in layers:
         base = layer.get_base_layer()
         if (
