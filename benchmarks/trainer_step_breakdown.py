@@ -35,6 +35,8 @@ VARIANTS: dict[str, tuple[Any, bool]] = {
     # name: (adapter config factory, merge adapter for generation)
     "SVF": (lambda: SVFConfig(init_noise_std=0.01), True),
     "SVF, unmerged rollouts": (lambda: SVFConfig(init_noise_std=0.01), False),
+    # W freed: the forward is U diag(s') V^T x alone, no W x plus a change (docs/svf.md, "keep_base_weight").
+    "SVF, W freed": (lambda: SVFConfig(init_noise_std=0.01, keep_base_weight=False), True),
     "LoRA r=16 attn": (
         lambda: LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS),
         True,

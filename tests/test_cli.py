@@ -228,6 +228,34 @@ def test_train_on_a_task_writes_adapter_results_and_card(toy_task, model_dir, tm
     assert str(output / "expert") in out
 
 
+def test_train_samples_several_completions_per_prompt_with_the_chosen_baseline(
+    toy_task, model_dir, tmp_path, capsys, monkeypatch
+):
+    """``--num-generations`` and ``--baseline`` reach the trainer: 4 prompts x 2 samples make each rollout."""
+    from peft_svf.trainer import recipe
+
+    seen: dict[str, list] = {"rows": [], "baselines": []}
+
+    class RecordingTrainer(recipe.SVFTrainer):
+        def _prepare_inputs(self, inputs):
+            rollout = super()._prepare_inputs(inputs)
+            seen["rows"].append((len(inputs), rollout["completion_ids"].shape[0]))
+            seen["baselines"].append(self.args.advantage_baseline)
+            return rollout
+
+    monkeypatch.setattr(recipe, "SVFTrainer", RecordingTrainer)
+    output = tmp_path / "run"
+    code, _, _ = run(
+        ["train", "--task", toy_task, "--model", model_dir, "--steps", 2, "--batch", 4, "--num-generations", 2,
+         "--baseline", "leave_one_out", "--lr", 0.3, "--eval-steps", 2, "--valid-n", 4, "--test-n", 0,
+         "--output-dir", output, "--quiet"], capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert seen["rows"] == [(4, 8), (4, 8)] and seen["baselines"] == ["leave_one_out"] * 2
+    settings = json.loads((output / "results.json").read_text())["settings"]
+    assert settings["num_generations"] == 2 and settings["advantage_baseline"] == "leave_one_out"
+
+
 def test_train_on_jsonl_files_with_a_built_in_reward(model_dir, tmp_path, capsys):
     for name, n in (("train", 16), ("valid", 4), ("test", 6)):
         rows = [{"prompt": p, "answer": "e"} for p in prompts(n, seed=n)]

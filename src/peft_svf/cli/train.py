@@ -75,6 +75,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--steps", type=int, default=40, help="optimizer steps (default: 40)")
     run.add_argument("--batch", type=int, default=16, help="prompts per step (default: 16)")
+    run.add_argument("--num-generations", type=int, default=1,
+                     help="completions sampled per prompt (default: 1)")  # fmt: skip
+    run.add_argument("--baseline", choices=["none", "batch_mean", "group_mean", "leave_one_out"],
+                     default="batch_mean", help="advantage baseline (default: batch_mean)")  # fmt: skip
+    run.add_argument("--candidates", type=int, default=1,
+                     help="seeds tried to the first validation; the best one is finished (default: 1)")  # fmt: skip
     run.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: 1e-2)")
     run.add_argument(
         "--beta", type=float, default=0.0, help="KL coefficient, the penalty to the base model (default: 0)"
@@ -149,7 +155,9 @@ def main(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or Path(f"experts/{task.name}-{args.adapter}-seed{args.seed}")
     results = train_expert(
         model, tokenizer, task, output_dir, adapter=args.adapter, train_dataset=train_dataset,
-        valid_dataset=valid_dataset, steps=args.steps, batch=args.batch, lr=args.lr, beta=beta,
+        valid_dataset=valid_dataset, steps=args.steps, batch=args.batch,
+        num_generations=args.num_generations, advantage_baseline=args.baseline,
+        candidates=args.candidates, lr=args.lr, beta=beta,
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, eval_steps=args.eval_steps,
         valid_n=args.valid_n, test_n=test_n, seed=args.seed,
         evaluate_base=not args.skip_base_eval, progress=not args.quiet,

@@ -7,6 +7,7 @@ is the same as an expert trained by the others.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig
+from transformers import TrainerCallback
 
 from ..defaults import ROLLOUT_TEMPERATURE  # the rollout temperature, shared with the CLI
 from ..paths import EXPERT_DIR, RESULTS_FILE
@@ -35,6 +37,23 @@ def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
     raise ValueError(f"unknown adapter kind {kind!r}; use 'svf' or 'lora'")
 
 
+# Candidate k of seed s trains with seed s + k * CANDIDATE_SEED_STRIDE: distinct from every other seed's.
+CANDIDATE_SEED_STRIDE = 1000
+CANDIDATES_DIR = "candidates"
+
+
+class StopAfterStep(TrainerCallback):
+    """Ends training after ``step`` (its evaluation and checkpoint are still written): a candidate's probe."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
 def train_expert(
     model: Any,
     tokenizer: Any,
@@ -46,6 +65,9 @@ def train_expert(
     valid_dataset: Dataset | None = None,
     steps: int = 40,
     batch: int = 16,
+    num_generations: int = 1,
+    advantage_baseline: str = "batch_mean",
+    candidates: int = 1,
     lr: float = 1e-2,
     beta: float = 0.0,
     temperature: float = ROLLOUT_TEMPERATURE,
@@ -63,9 +85,21 @@ def train_expert(
     ``model`` is a plain causal LM; it comes back carrying the trained adapter (PEFT injects in place).
     ``train_dataset`` and ``valid_dataset`` replace the task's even and odd halves (a user's own prompts).
     The adapter is saved under ``output_dir/expert``. ``test_n=0`` skips the test evaluation.
+
+    ``candidates > 1`` starts that many runs (seeds ``seed + k * CANDIDATE_SEED_STRIDE``) and trains each for
+    ``eval_steps`` steps; the one with the best validation accuracy then resumes from its checkpoint and
+    finishes, exactly as if it had run alone. Whether a run will end up weak shows at its first
+    validation (docs/trainer.md), so this spends ``(candidates - 1) * eval_steps`` steps to avoid one.
     ``kl_coef`` is the deprecated name of ``beta`` (TRL's), accepted until the next release.
     """
     beta = resolve_renamed("kl_coef", kl_coef, "beta", beta, 0.0)
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if candidates > 1 and steps <= eval_steps:
+        raise ValueError(
+            f"candidates are compared at their first validation (step {eval_steps}); steps={steps} leaves "
+            "nothing to train after it"
+        )
     output_dir = Path(output_dir)
     max_new_tokens = max_new_tokens or task.max_new_tokens
     pool = task.load("train") if train_dataset is None or valid_dataset is None else None
@@ -75,38 +109,63 @@ def train_expert(
     if len(train) == 0:
         raise ValueError(f"the training set for task {task.name!r} is empty")
 
-    trainer = SVFTrainer(
-        model,
-        task.reward,
-        args=SVFTrainingConfig(
-            output_dir=str(output_dir),
-            per_device_train_batch_size=batch,
-            per_device_eval_batch_size=32,
-            gradient_accumulation_steps=1,
-            learning_rate=lr,
-            max_steps=steps,
-            beta=beta,
-            temperature=temperature,
-            max_completion_length=max_new_tokens,
-            eval_strategy="steps",
-            eval_steps=eval_steps,
-            save_strategy="steps",
-            save_steps=eval_steps,
-            save_total_limit=2,
-            load_best_model_at_end=True,
-            report_to=[],
-            seed=seed,
-            disable_tqdm=not progress,
-        ),
-        train_dataset=train,
-        eval_dataset=valid,
-        processing_class=tokenizer,
-        peft_config=adapter_config(adapter),
-    )
-    settings = dict(adapter=adapter, steps=steps, batch=batch, lr=lr, beta=beta,
+    def make_trainer(model: Any, run_seed: int, run_dir: Path, callbacks: list | None = None) -> SVFTrainer:
+        return SVFTrainer(
+            model,
+            task.reward,
+            args=SVFTrainingConfig(
+                output_dir=str(run_dir),
+                per_device_train_batch_size=batch,
+                num_generations=num_generations,
+                advantage_baseline=advantage_baseline,
+                per_device_eval_batch_size=32,
+                gradient_accumulation_steps=1,
+                learning_rate=lr,
+                max_steps=steps,
+                beta=beta,
+                temperature=temperature,
+                max_completion_length=max_new_tokens,
+                eval_strategy="steps",
+                eval_steps=eval_steps,
+                save_strategy="steps",
+                save_steps=eval_steps,
+                save_total_limit=2,
+                load_best_model_at_end=True,
+                report_to=[],
+                seed=run_seed,
+                disable_tqdm=not progress,
+            ),
+            train_dataset=train,
+            eval_dataset=valid,
+            processing_class=tokenizer,
+            peft_config=adapter_config(adapter),
+            callbacks=callbacks,
+        )
+
+    settings = dict(adapter=adapter, steps=steps, batch=batch, num_generations=num_generations,
+                    advantage_baseline=advantage_baseline, candidates=candidates, lr=lr, beta=beta,
                     temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
                     valid_n=valid_n, seed=seed)  # fmt: skip
     results: dict[str, Any] = {"task": task.name, "domain": task.domain, "settings": settings}
+    run_seed, run_dir, resume, probe_wall = seed, output_dir, None, 0.0
+    if candidates > 1:
+        start = time.time()
+        probes = []
+        for k in range(candidates):
+            probe_seed = seed + k * CANDIDATE_SEED_STRIDE
+            probe_dir = output_dir / CANDIDATES_DIR / f"seed-{probe_seed}"
+            probe = make_trainer(copy.deepcopy(model), probe_seed, probe_dir, [StopAfterStep(eval_steps)])
+            probe.train()
+            accuracy = next(log["eval_accuracy"] for log in probe.state.log_history if "eval_accuracy" in log)
+            probes.append({"seed": probe_seed, "valid_accuracy": accuracy})
+            del probe
+        chosen = max(probes, key=lambda p: p["valid_accuracy"])  # the first of equals
+        results["candidates"] = probes
+        results["chosen_seed"] = run_seed = chosen["seed"]
+        run_dir = output_dir / CANDIDATES_DIR / f"seed-{run_seed}"
+        resume = str(run_dir / f"checkpoint-{eval_steps}")
+        probe_wall = time.time() - start
+    trainer = make_trainer(model, run_seed, run_dir)
     results["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
 
     def test(which: str) -> None:
@@ -120,8 +179,8 @@ def train_expert(
         with trainer.model.disable_adapter():
             test("base")
     start = time.time()
-    trainer.train()
-    results["train_wall_s"] = round(time.time() - start, 1)
+    trainer.train(resume_from_checkpoint=resume)
+    results["train_wall_s"] = round(probe_wall + time.time() - start, 1)
     results["best_checkpoint"] = trainer.state.best_model_checkpoint
     results["valid_accuracy_by_step"] = {
         log["step"]: log["eval_accuracy"] for log in trainer.state.log_history if "eval_accuracy" in log

@@ -1,0 +1,66 @@
+"""``train_expert``'s candidates: several seeds probed to their first validation, the best one finished."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+
+from peft_svf.tasks import Task
+from peft_svf.trainer.recipe import CANDIDATE_SEED_STRIDE, train_expert
+from trainer_fixtures import prompts, starts_with, tiny_llama, tiny_tokenizer
+
+SETTINGS = dict(steps=4, batch=4, lr=0.3, eval_steps=2, valid_n=8, test_n=0, progress=False)
+
+
+def toy_task() -> Task:
+    splits = {"train": Dataset.from_dict({"prompt": prompts(32, seed=0)}),
+              "test": Dataset.from_dict({"prompt": prompts(8, seed=1)})}  # fmt: skip
+    return Task("toy_recipe_starts_with_e", "toy", splits.__getitem__, starts_with, max_new_tokens=3)
+
+
+def vectors(expert_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(expert_dir / "adapter_model.safetensors"))
+
+
+def test_the_best_candidate_at_the_first_validation_is_finished_as_if_it_ran_alone(tmp_path):
+    tokenizer, task = tiny_tokenizer(), toy_task()
+    results = train_expert(tiny_llama(len(tokenizer)), tokenizer, task, tmp_path / "two", candidates=2,
+                           seed=12, **SETTINGS)  # fmt: skip
+    probes = results["candidates"]
+    assert [p["seed"] for p in probes] == [12, 12 + CANDIDATE_SEED_STRIDE]
+    # With seed 12 the second candidate validates better (0.5 against 0.0 here), so it is the one resumed.
+    assert probes[1]["valid_accuracy"] > probes[0]["valid_accuracy"], probes
+    assert results["chosen_seed"] == 12 + CANDIDATE_SEED_STRIDE
+    assert sorted(results["valid_accuracy_by_step"]) == [2, 4]
+
+    # Each probe's validation is the one its seed reaches at that step in a plain run, and the finished
+    # candidate is bit for bit the plain run of its seed (resumed from the probe's checkpoint).
+    for probe in probes:
+        alone = train_expert(tiny_llama(len(tokenizer)), tokenizer, task, tmp_path / f"alone-{probe['seed']}",
+                             seed=probe["seed"], **SETTINGS)  # fmt: skip
+        assert alone["valid_accuracy_by_step"][2] == probe["valid_accuracy"]
+        if probe["seed"] == results["chosen_seed"]:
+            assert alone["valid_accuracy_by_step"] == results["valid_accuracy_by_step"]
+            chosen, plain = (
+                vectors(tmp_path / "two" / "expert"),
+                vectors(tmp_path / f"alone-{probe['seed']}" / "expert"),
+            )
+            assert chosen.keys() == plain.keys()
+            assert all(torch.equal(chosen[k], plain[k]) for k in chosen)
+    stored = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert stored["settings"]["candidates"] == 2 and stored["chosen_seed"] == results["chosen_seed"]
+
+
+@pytest.mark.parametrize(("candidates", "steps", "match"), [(0, 4, "candidates must be >= 1"),
+                                                            (2, 2, "first validation")])  # fmt: skip
+def test_candidates_need_steps_after_the_first_validation(tmp_path, candidates, steps, match):
+    tokenizer = tiny_tokenizer()
+    settings = {**SETTINGS, "steps": steps}
+    with pytest.raises(ValueError, match=match):
+        train_expert(
+            tiny_llama(len(tokenizer)), tokenizer, toy_task(), tmp_path, candidates=candidates, **settings
+        )
