@@ -31,6 +31,7 @@ class PipelineConfig:
     expert_batch: int = 16
     expert_lr: float = 1e-2
     expert_temperature: float = ROLLOUT_TEMPERATURE
+    expert_candidates: int = 1  # seeds probed to the first validation, the best one finished (train_expert)
     expert_eval_steps: int = 10
     expert_valid_n: int = 50
     expert_test_n: int = 100  # each expert on its own task's test split, base beside it (Table 1 layout)
@@ -50,7 +51,8 @@ class PipelineConfig:
     def expert_settings(self) -> dict[str, Any]:
         """The settings an expert was trained with; a stored expert is reused only when they match."""
         return dict(steps=self.expert_steps, batch=self.expert_batch, lr=self.expert_lr,
-                    temperature=self.expert_temperature, eval_steps=self.expert_eval_steps,
+                    temperature=self.expert_temperature, candidates=self.expert_candidates,
+                    eval_steps=self.expert_eval_steps,
                     valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
 
     def classifier_settings(self) -> dict[str, Any]:

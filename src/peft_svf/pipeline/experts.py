@@ -50,6 +50,7 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
             results = train_expert(
                 model, tokenizer, get_task(task_name), folder, steps=config.expert_steps,
                 batch=config.expert_batch, lr=config.expert_lr, temperature=config.expert_temperature,
+                candidates=config.expert_candidates,
                 eval_steps=config.expert_eval_steps, valid_n=config.expert_valid_n,
                 test_n=config.expert_test_n, seed=config.seed,
             )  # fmt: skip
