@@ -256,6 +256,32 @@ def test_train_samples_several_completions_per_prompt_with_the_chosen_baseline(
     assert settings["num_generations"] == 2 and settings["advantage_baseline"] == "leave_one_out"
 
 
+@pytest.mark.parametrize(("adapter", "expected"), [("svf", 1e-2), ("lora", 3e-4)])
+def test_train_without_lr_uses_the_adapter_kinds_recipe_rate(
+    adapter, expected, toy_task, model_dir, tmp_path, capsys, monkeypatch
+):
+    """LoRA at SVF's 1e-2 diverges (docs/trainer.md), so ``--lr`` left out means each kind's own rate."""
+    from peft_svf.trainer import recipe
+
+    seen = []
+
+    class RecordingTrainer(recipe.SVFTrainer):
+        def create_optimizer(self, *args, **kwargs):
+            optimizer = super().create_optimizer(*args, **kwargs)
+            seen.append({group["lr"] for group in optimizer.param_groups})
+            return optimizer
+
+    monkeypatch.setattr(recipe, "SVFTrainer", RecordingTrainer)
+    output = tmp_path / "run"
+    code, _, _ = run(
+        ["train", "--task", toy_task, "--model", model_dir, "--adapter", adapter, "--steps", 1, "--batch", 4,
+         "--eval-steps", 1, "--valid-n", 4, "--test-n", 0, "--output-dir", output, "--quiet"], capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert seen == [{expected}]  # the optimizer's rate at its creation (the schedule starts there)
+    assert json.loads((output / "results.json").read_text())["settings"]["lr"] == expected
+
+
 def test_train_on_jsonl_files_with_a_built_in_reward(model_dir, tmp_path, capsys):
     for name, n in (("train", 16), ("valid", 4), ("test", 6)):
         rows = [{"prompt": p, "answer": "e"} for p in prompts(n, seed=n)]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 NAME = "train"
 EXAMPLES = """examples:
   peft-svf train --task offline_math
-  peft-svf train --task offline_math --adapter lora --lr 1e-3 --output-dir experts/math-lora
+  peft-svf train --task offline_math --adapter lora --output-dir experts/math-lora
   peft-svf train --data train.jsonl --reward numeric --valid-data valid.jsonl --test-data test.jsonl
   peft-svf train --model HuggingFaceTB/SmolLM2-360M-Instruct --task gsm8k --steps 100
 
@@ -81,7 +81,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      default="batch_mean", help="advantage baseline (default: batch_mean)")  # fmt: skip
     run.add_argument("--candidates", type=int, default=1,
                      help="seeds tried to the first validation; the best one is finished (default: 1)")  # fmt: skip
-    run.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: 1e-2)")
+    run.add_argument("--lr", type=float, default=None,
+                     help="learning rate (default: 1e-2 for SVF, 3e-4 for LoRA)")  # fmt: skip
     run.add_argument(
         "--beta", type=float, default=0.0, help="KL coefficient, the penalty to the base model (default: 0)"
     )

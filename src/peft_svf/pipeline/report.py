@@ -90,7 +90,7 @@ def _seeds_caption(aggregated: dict[str, Any]) -> str:
     return f"n_seeds={aggregated['n_seeds']} seeds ({', '.join(str(s) for s in aggregated['seeds'])})"
 
 
-def _stat_cell(cell: dict[str, Any] | None, signed: bool = False) -> str:
+def stat_cell(cell: dict[str, Any] | None, signed: bool = False) -> str:
     """``mean ± sd [CI low, CI high]`` in percent (points for a difference); no ``± sd`` for one seed."""
     if cell is None:
         return "-"
@@ -115,7 +115,7 @@ def table2_seeds_markdown(aggregated: dict[str, Any], difference: bool = False) 
         for t in tasks:
             cell = unseen[t].get(method)
             mark = " *" if difference and cell is not None and cell["beyond_noise"] else ""
-            cells.append(_stat_cell(cell, signed=difference) + mark)
+            cells.append(stat_cell(cell, signed=difference) + mark)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -127,7 +127,7 @@ def experts_seeds_markdown(aggregated: dict[str, Any]) -> str:
     for domain, r in aggregated["experts"].items():
         n = next((c["n_items"] for c in (r["base"], r["expert"]) if c is not None), "-")
         lines.append(
-            f"| {domain} | {r['task']} | {n} | {_stat_cell(r['base'])} | {_stat_cell(r['expert'])} |"
+            f"| {domain} | {r['task']} | {n} | {stat_cell(r['base'])} | {stat_cell(r['expert'])} |"
         )
     return "\n".join(lines)
 

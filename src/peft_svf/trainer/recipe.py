@@ -25,6 +25,11 @@ from ..tasks import Task, evaluate, train_valid_split
 from .config import SVFTrainingConfig, resolve_renamed
 from .trainer import SVFTrainer
 
+# Each adapter kind's learning rate under this recipe (16 prompts a step, temperature 0.7). SVF: the probe of
+# rl-pitfalls-measured; LoRA r=16: chosen on validation from 1e-4..1e-2 in the three offline domains
+# (docs/trainer.md, 2026-12-05: 3e-4 best in math and reasoning, 3e-3 in code, 1e-2 diverges).
+RECIPE_LEARNING_RATES = {"svf": 1e-2, "lora": 3e-4}
+
 
 def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
     """SVF on the per-architecture default targets, or the paper's LoRA baseline (r=16, attention)."""
@@ -68,7 +73,7 @@ def train_expert(
     num_generations: int = 1,
     advantage_baseline: str = "batch_mean",
     candidates: int = 1,
-    lr: float = 1e-2,
+    lr: float | None = None,
     beta: float = 0.0,
     temperature: float = ROLLOUT_TEMPERATURE,
     max_new_tokens: int | None = None,
@@ -90,9 +95,12 @@ def train_expert(
     ``eval_steps`` steps; the one with the best validation accuracy then resumes from its checkpoint and
     finishes, exactly as if it had run alone. Whether a run will end up weak shows at its first
     validation (docs/trainer.md), so this spends ``(candidates - 1) * eval_steps`` steps to avoid one.
+    ``lr=None`` takes the adapter kind's recipe rate (``RECIPE_LEARNING_RATES``): LoRA at SVF's 1e-2 diverges.
     ``kl_coef`` is the deprecated name of ``beta`` (TRL's), accepted until the next release.
     """
     beta = resolve_renamed("kl_coef", kl_coef, "beta", beta, 0.0)
+    peft_config = adapter_config(adapter)  # an unknown kind fails here, before any work
+    lr = RECIPE_LEARNING_RATES[adapter] if lr is None else lr
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if candidates > 1 and steps <= eval_steps:
@@ -138,7 +146,7 @@ def train_expert(
             train_dataset=train,
             eval_dataset=valid,
             processing_class=tokenizer,
-            peft_config=adapter_config(adapter),
+            peft_config=copy.deepcopy(peft_config),  # PEFT fills in a config it is given
             callbacks=callbacks,
         )
 
