@@ -8,6 +8,9 @@ a plain safetensors checkpoint to a cache folder and later loads read that (abou
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -29,11 +32,8 @@ def _gguf_dir() -> Path:
     return Path(spec.origin).parent
 
 
-def embedded_model_path() -> Path:
-    """Folder of a plain safetensors checkpoint of the embedded model, converted from GGUF on first use."""
-    target = default_cache_dir() / "models" / EMBEDDED_MODEL_NAME
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
+def _convert_gguf(destination: Path) -> None:
+    """Dequantise the packaged GGUF into a plain safetensors checkpoint (model and tokenizer) in ``destination``."""
     source = _gguf_dir()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
@@ -41,12 +41,35 @@ def embedded_model_path() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if target.exists():  # another process finished first
+    model.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+
+
+def embedded_model_path() -> Path:
+    """Folder of a plain safetensors checkpoint of the embedded model, converted from GGUF on first use.
+
+    Processes that start at once (two training runs on a fresh machine) each convert into a folder of their
+    own and publish it with one rename, so none reads or deletes another's half-written files; the first
+    rename wins and the others drop their copy.
+    """
+    target = default_cache_dir() / "models" / EMBEDDED_MODEL_NAME
+    if _is_complete(target):
         return target
-    partial.rename(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.partial-"))
+    partial.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from its other users
+    try:
+        _convert_gguf(partial)
+        os.rename(partial, target)
+    except OSError:
+        if not _is_complete(target):  # not lost to a finished rival: a real failure
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
