@@ -29,7 +29,8 @@ class PipelineConfig:
     # experts (the small-batch recipe of docs/trainer.md)
     expert_steps: int = 30
     expert_batch: int = 16
-    expert_lr: float = 1e-2
+    # None: the recipe's rate for each expert's task (trainer.recipe.recipe_learning_rate)
+    expert_lr: float | None = None
     expert_temperature: float = ROLLOUT_TEMPERATURE
     expert_candidates: int = 1  # seeds probed to the first validation, the best one finished (train_expert)
     expert_eval_steps: int = 10
@@ -48,9 +49,10 @@ class PipelineConfig:
     cem_generations: int = 3
     cem_elite_ratio: float = 0.2
 
-    def expert_settings(self) -> dict[str, Any]:
-        """The settings an expert was trained with; a stored expert is reused only when they match."""
-        return dict(steps=self.expert_steps, batch=self.expert_batch, lr=self.expert_lr,
+    def expert_settings(self, lr: float) -> dict[str, Any]:
+        """The settings an expert was trained with (``lr``: its task's rate); a stored expert is reused only
+        when they match."""
+        return dict(steps=self.expert_steps, batch=self.expert_batch, lr=lr,
                     temperature=self.expert_temperature, candidates=self.expert_candidates,
                     eval_steps=self.expert_eval_steps,
                     valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..paths import EXPERT_DIR, RESULTS_FILE
 from ..tasks import get_task
-from ..trainer.recipe import train_expert
+from ..trainer.recipe import recipe_learning_rate, train_expert
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -39,17 +39,18 @@ def _remember(folder: Path, results: dict[str, Any], settings: dict[str, Any]) -
 
 def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str, dict[str, Any]]:
     """Train (or reuse) one SVF expert per domain; each starts from a fresh copy of the base model."""
-    settings = config.expert_settings()
     all_results = {}
     for domain, task_name in config.expert_tasks.items():
         folder = config.output_dir / "experts" / domain
+        lr = config.expert_lr if config.expert_lr is not None else recipe_learning_rate("svf", task_name)
+        settings = config.expert_settings(lr)
         results = _reusable_results(folder, settings)
         if results is None:
             logger.info("training the %s expert on %s", domain, task_name)
             model, tokenizer = load_model()
             results = train_expert(
                 model, tokenizer, get_task(task_name), folder, steps=config.expert_steps,
-                batch=config.expert_batch, lr=config.expert_lr, temperature=config.expert_temperature,
+                batch=config.expert_batch, lr=lr, temperature=config.expert_temperature,
                 candidates=config.expert_candidates,
                 eval_steps=config.expert_eval_steps, valid_n=config.expert_valid_n,
                 test_n=config.expert_test_n, seed=config.seed,

@@ -9,7 +9,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {"SVFTrainer": ".trainer", "SVFTrainingConfig": ".config", "train_expert": ".recipe"}
+_EXPORTS = {
+    "SVFTrainer": ".trainer",
+    "SVFTrainingConfig": ".config",
+    "train_expert": ".recipe",
+    "recipe_learning_rate": ".recipe",
+}
 
 __all__ = sorted(_EXPORTS)
 

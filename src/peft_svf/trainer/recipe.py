@@ -29,6 +29,15 @@ from .trainer import SVFTrainer
 # rl-pitfalls-measured; LoRA r=16: chosen on validation from 1e-4..1e-2 in the three offline domains
 # (docs/trainer.md, 2026-12-05: 3e-4 best in math and reasoning, 3e-3 in code, 1e-2 diverges).
 RECIPE_LEARNING_RATES = {"svf": 1e-2, "lora": 3e-4}
+# Where validation chose another rate for a task of the offline suite (docs/trainer.md, 2026-12-05): SVF on math
+# at 5e-3 escapes the `a + b` local optimum that 1e-2 locks one seed in three into; reasoning learns too slowly
+# at 5e-3 in 30 steps.
+TASK_LEARNING_RATES = {("svf", "offline_math"): 5e-3, ("lora", "offline_code"): 3e-3}
+
+
+def recipe_learning_rate(adapter: str, task_name: str) -> float:
+    """The rate ``train_expert`` uses when given none: the task's validated one, else the adapter kind's."""
+    return TASK_LEARNING_RATES.get((adapter, task_name), RECIPE_LEARNING_RATES[adapter])
 
 
 def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
@@ -95,12 +104,13 @@ def train_expert(
     ``eval_steps`` steps; the one with the best validation accuracy then resumes from its checkpoint and
     finishes, exactly as if it had run alone. Whether a run will end up weak shows at its first
     validation (docs/trainer.md), so this spends ``(candidates - 1) * eval_steps`` steps to avoid one.
-    ``lr=None`` takes the adapter kind's recipe rate (``RECIPE_LEARNING_RATES``): LoRA at SVF's 1e-2 diverges.
+    ``lr=None`` takes the recipe's rate for the adapter kind and task (:func:`recipe_learning_rate`): LoRA at
+    SVF's 1e-2 diverges, and SVF on ``offline_math`` is steadier at 5e-3.
     ``kl_coef`` is the deprecated name of ``beta`` (TRL's), accepted until the next release.
     """
     beta = resolve_renamed("kl_coef", kl_coef, "beta", beta, 0.0)
     peft_config = adapter_config(adapter)  # an unknown kind fails here, before any work
-    lr = RECIPE_LEARNING_RATES[adapter] if lr is None else lr
+    lr = recipe_learning_rate(adapter, task.name) if lr is None else lr
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if candidates > 1 and steps <= eval_steps:
