@@ -80,4 +80,3 @@ def test_each_expert_trains_at_its_tasks_recipe_rate(job):
         assert results["pipeline_settings"]["lr"] == results["settings"]["lr"]
     assert rates == {task: recipe_learning_rate("svf", task) for task in config.expert_tasks.values()}
     assert rates["offline_math"] == TASK_LEARNING_RATES[("svf", "offline_math")] != rates["offline_code"]
-

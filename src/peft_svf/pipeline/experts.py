@@ -42,7 +42,7 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
     all_results = {}
     for domain, task_name in config.expert_tasks.items():
         folder = config.output_dir / "experts" / domain
-        lr = config.expert_lr if config.expert_lr is not None else recipe_learning_rate("svf", task_name)
+        lr = recipe_learning_rate("svf", task_name, config.expert_lr)
         settings = config.expert_settings(lr)
         results = _reusable_results(folder, settings)
         if results is None:

@@ -35,8 +35,11 @@ RECIPE_LEARNING_RATES = {"svf": 1e-2, "lora": 3e-4}
 TASK_LEARNING_RATES = {("svf", "offline_math"): 5e-3, ("lora", "offline_code"): 3e-3}
 
 
-def recipe_learning_rate(adapter: str, task_name: str) -> float:
-    """The rate ``train_expert`` uses when given none: the task's validated one, else the adapter kind's."""
+def recipe_learning_rate(adapter: str, task_name: str, lr: float | None = None) -> float:
+    """The rate ``train_expert`` trains at: ``lr`` when given, else the task's validated one, else the adapter
+    kind's. The main job asks first, to record the rate an expert was trained at."""
+    if lr is not None:
+        return lr
     return TASK_LEARNING_RATES.get((adapter, task_name), RECIPE_LEARNING_RATES[adapter])
 
 
@@ -110,7 +113,7 @@ def train_expert(
     """
     beta = resolve_renamed("kl_coef", kl_coef, "beta", beta, 0.0)
     peft_config = adapter_config(adapter)  # an unknown kind fails here, before any work
-    lr = recipe_learning_rate(adapter, task.name) if lr is None else lr
+    lr = recipe_learning_rate(adapter, task.name, lr)
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if candidates > 1 and steps <= eval_steps:
