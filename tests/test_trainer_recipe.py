@@ -64,3 +64,37 @@ def test_candidates_need_steps_after_the_first_validation(tmp_path, candidates, 
         train_expert(
             tiny_llama(len(tokenizer)), tokenizer, toy_task(), tmp_path, candidates=candidates, **settings
         )
+
+
+def test_the_expert_is_tested_merged_and_its_weights_come_back(tmp_path, monkeypatch):
+    """The expert's test runs with the vectors in the dense weights (base speed per token); afterwards every
+    layer holds its original weight tensor again, and the score is the unmerged model's."""
+    import peft_svf.trainer.recipe as recipe
+    from peft_svf.svf.layer import SVFLayer
+    from peft_svf.tasks import evaluate
+
+    calls = []
+
+    def recording_evaluate(model, *args, **kwargs):
+        layers = [m for m in model.modules() if isinstance(m, SVFLayer)]
+        calls.append({"merged": [layer.merged for layer in layers],
+                      "disabled": [layer.disable_adapters for layer in layers]})  # fmt: skip
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(recipe, "evaluate", recording_evaluate)
+    tokenizer, task = tiny_tokenizer(), toy_task()
+    model = tiny_llama(len(tokenizer))
+    originals = {name: param.data_ptr() for name, param in model.named_parameters()}
+    results = train_expert(model, tokenizer, task, tmp_path, seed=3, **{**SETTINGS, "test_n": 8})
+    base_call, expert_call = calls
+    assert all(base_call["disabled"]) and not any(base_call["merged"])
+    assert all(expert_call["merged"]) and not any(expert_call["disabled"])
+
+    layers = [m for m in model.modules() if isinstance(m, SVFLayer)]
+    assert layers and not any(layer.merged for layer in layers)
+    base_weights = {n.replace("base_model.model.", "").replace(".base_layer", ""): p.data_ptr()
+                    for n, p in model.named_parameters() if "svf_" not in n}  # fmt: skip
+    assert all(base_weights[name] == ptr for name, ptr in originals.items()), "a weight tensor was replaced"
+    with torch.no_grad():
+        unmerged = evaluate(model, task, tokenizer, split="test", n=8, progress=False)
+    assert results["expert_test_items"] == [int(r["correct"]) for r in unmerged.records]
