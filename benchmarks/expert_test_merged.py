@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/expert_test_merged.py [--n 32] [--tasks offline_math offline_code]
 
 ``train_expert`` tests a finished expert with its vectors merged into the dense weights
-(``merged_for_inference``) instead of SVF's factored forward. This times ``evaluate`` both ways on the same
+(``merged_for_inference``) instead of SVF's factored forward, when the completions' tokens repay building the
+weights (``worth_merging``). This times ``evaluate`` both ways on the same
 test items with an adapter of random vectors (``init_noise_std``; speed does not depend on what they
 learned), best of ``--rounds``, and counts the items whose completions differ (float rounding of the merged
 weight can flip a greedy near-tie). Prints a table and writes JSON to
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--noise", type=float, default=0.05, help="init_noise_std of the random vectors")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]  # how busy the machine was: a ratio measured beside other jobs is noisier
     torch.manual_seed(0)
     model, tokenizer = load_embedded_model()
     model = get_peft_model(model, SVFConfig(init_noise_std=args.noise)).eval()
@@ -59,14 +61,18 @@ def main() -> None:
                      "merged_s": round(min(merged_s), 2), "speedup": round(min(unmerged_s) / min(merged_s), 2),
                      "accuracy_unmerged": unmerged.accuracy, "accuracy_merged": merged.accuracy,
                      "completions_differ": differ})  # fmt: skip
-    print("| task | n | unmerged s | merged s | speed-up | accuracy unmerged / merged | completions differing |")
+    header = (
+        "| task | n | unmerged s | merged s | speed-up | accuracy unmerged / merged | completions differing |"
+    )
+    print(header)
     print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for r in rows:
         print(f"| {r['task']} | {r['n']} | {r['unmerged_s']} | {r['merged_s']} | {r['speedup']}x | "
               f"{r['accuracy_unmerged']:.3f} / {r['accuracy_merged']:.3f} | {r['completions_differ']} |")  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     meta = {"threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__}  # fmt: skip
+            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}  # fmt: skip
     RESULTS.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows}, indent=2))
     print(f"wrote {RESULTS}")
 

@@ -66,9 +66,14 @@ def test_candidates_need_steps_after_the_first_validation(tmp_path, candidates, 
         )
 
 
-def test_the_expert_is_tested_merged_and_its_weights_come_back(tmp_path, monkeypatch):
-    """The expert's test runs with the vectors in the dense weights (base speed per token); afterwards every
-    layer holds its original weight tensor again, and the score is the unmerged model's."""
+# The toy model's layers repay a merge from about 40 tokens (path_costs): 8 items x 8 tokens do, 8 x 3 do not.
+@pytest.mark.parametrize(("max_new_tokens", "merged"), [(8, True), (3, False)])
+def test_the_expert_is_tested_merged_when_it_pays_and_its_weights_come_back(
+    tmp_path, monkeypatch, max_new_tokens, merged
+):
+    """The expert's test runs with the vectors in the dense weights (base speed per token) when its tokens repay
+    building them; afterwards every layer holds its original weight tensor again, and the score is the
+    unmerged model's."""
     import peft_svf.trainer.recipe as recipe
     from peft_svf.svf.layer import SVFLayer
     from peft_svf.tasks import evaluate
@@ -85,16 +90,20 @@ def test_the_expert_is_tested_merged_and_its_weights_come_back(tmp_path, monkeyp
     tokenizer, task = tiny_tokenizer(), toy_task()
     model = tiny_llama(len(tokenizer))
     originals = {name: param.data_ptr() for name, param in model.named_parameters()}
-    results = train_expert(model, tokenizer, task, tmp_path, seed=3, **{**SETTINGS, "test_n": 8})
+    settings = {**SETTINGS, "test_n": 8, "max_new_tokens": max_new_tokens}
+    results = train_expert(model, tokenizer, task, tmp_path, seed=3, **settings)
     base_call, expert_call = calls
     assert all(base_call["disabled"]) and not any(base_call["merged"])
-    assert all(expert_call["merged"]) and not any(expert_call["disabled"])
+    assert expert_call["merged"] == [merged] * len(expert_call["merged"]) and not any(expert_call["disabled"])
 
     layers = [m for m in model.modules() if isinstance(m, SVFLayer)]
     assert layers and not any(layer.merged for layer in layers)
-    base_weights = {n.replace("base_model.model.", "").replace(".base_layer", ""): p.data_ptr()
-                    for n, p in model.named_parameters() if "svf_" not in n}  # fmt: skip
+    base_weights = {
+        n.replace(".base_layer", ""): p.data_ptr() for n, p in model.named_parameters() if "svf_" not in n
+    }
     assert all(base_weights[name] == ptr for name, ptr in originals.items()), "a weight tensor was replaced"
     with torch.no_grad():
-        unmerged = evaluate(model, task, tokenizer, split="test", n=8, progress=False)
+        unmerged = evaluate(
+            model, task, tokenizer, split="test", n=8, max_new_tokens=max_new_tokens, progress=False
+        )
     assert results["expert_test_items"] == [int(r["correct"]) for r in unmerged.records]
