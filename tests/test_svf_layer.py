@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import get_peft_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -120,3 +121,39 @@ def test_stacked_adapters_add_their_singular_value_changes():
     # Merging one after the other gives the weight that both give together.
     peft_model.merge_adapter(["default", "second"])
     torch.testing.assert_close(layer.get_base_layer().weight.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_training_forward_on_a_wide_dense_weight_uses_the_factors_alone_with_exact_vector_gradients():
+    """With gradients, ``auto`` drops ``W x`` on a wide weight (cheaper than a recomposed weight's gradient);
+    the output and the vector's gradient still match the dense formula, and inference keeps ``W x`` exact."""
+    torch.manual_seed(0)
+    base = nn.Linear(16, 48)
+    weight, bias = base.weight.detach().clone(), base.bias.detach().clone()
+    model = get_peft_model(nn.Sequential(base), SVFConfig(target_modules=["0"], init_noise_std=0.0))
+    layer = model.base_model.model[0]
+    x = torch.randn(4, 128, 16)
+    with torch.no_grad():
+        assert layer._forward_path(x, ["default"]) != "from_factors"
+        # A fresh adapter at inference is the base layer bit for bit.
+        assert torch.equal(layer(x), F.linear(x, weight, bias))
+    assert layer._forward_path(x, ["default"]) == "from_factors"
+
+    vector = torch.linspace(-1.0, 1.0, 16)
+    with torch.no_grad():
+        layer.svf_vector["default"].copy_(vector)
+    probe = torch.randn(4, 128, 48)
+    (layer(x) * probe).sum().backward()
+
+    exact_vector = vector.double().requires_grad_(True)
+    expected = x.double() @ expected_adapted_weight(weight, exact_vector, "official").T + bias.double()
+    (expected * probe.double()).sum().backward()
+    torch.testing.assert_close(layer(x).double(), expected.detach(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        layer.svf_vector["default"].grad.double(), exact_vector.grad, atol=1e-3, rtol=1e-4
+    )
+
+
+def test_training_forward_on_a_square_weight_keeps_recomposing():
+    model = get_peft_model(nn.Sequential(nn.Linear(16, 16)), SVFConfig(target_modules=["0"]))
+    layer = model.base_model.model[0]
+    assert layer._forward_path(torch.randn(4, 128, 16), ["default"]) == "recompose"

@@ -50,8 +50,9 @@ class SVFConfig(PeftConfig):
             ``adapter_config.json`` holds) ignores them, with a warning when they differ from the defaults.
         forward_mode: ``"recompose"`` builds ``W + U diag(s' - s) V^T`` once per forward; ``"factored"``
             adds ``U ((s' - s) * (V^T x))`` to the base output; ``"auto"`` picks the cheaper one from the
-            number of tokens and the matrix shape. Per adapter; adapters used together that disagree get
-            ``"auto"``.
+            number of tokens and the matrix shape, and in training (gradients on a dense base) may compute
+            ``U (s' * (V^T x))`` without ``W x``, exact to float precision. Per adapter; adapters used together
+            that disagree get ``"auto"``.
         keep_base_weight: ``False`` frees ``W`` after decomposition and computes with ``U diag(s') V^T``
             (saves memory; ``W`` is rebuilt from its factors on merge or unload, to float precision).
         init_weights: ``True`` starts every vector at the identity (plus ``init_noise_std`` noise); ``False``

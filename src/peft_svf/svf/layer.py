@@ -350,17 +350,27 @@ class SVFLayer(BaseTunerLayer):
         """Without ``W`` the factored path is ``U (s' * (V^T x))``; with it, ``W x`` plus the change."""
         return self.frees_base_weight
 
-    def _use_recompose(self, x: torch.Tensor, adapter_names: list[str]) -> bool:
-        """The adapters' ``forward_mode`` when they agree on one, else (or for ``"auto"``) the cheaper path."""
+    def _forward_path(self, x: torch.Tensor, adapter_names: list[str]) -> str:
+        """``"recompose"``, ``"factored"`` (``W x`` plus the change) or ``"from_factors"`` (``U (s' * (V^T x))``).
+
+        The adapters' ``forward_mode`` when they agree on one; else (or for ``"auto"``) the cheaper path.
+        When the vectors need gradients, a dense ``W``'s matmul may go as well: its input gradient and the
+        vector's gradient then come from the thin factors, not from a recomposed weight whose gradient costs
+        a full ``T x m x n`` product (MLP shapes of SmolLM2: 1.4x a frozen layer's work against 2x). The output
+        is then the base's to float rounding, not bit for bit, which only inference promises.
+        """
         modes = {self.svf_forward_mode.get(name, "auto") for name in adapter_names}
         if len(modes) == 1 and "auto" not in modes:
-            return modes.pop() == "recompose"
+            return modes.pop()
         tokens = x.numel() // self.in_features
         needs_grad = torch.is_grad_enabled() and any(self.svf_vector[n].requires_grad for n in adapter_names)
+        replaces_base = self.frees_base_weight or (needs_grad and self.quantization_backend is None)
         recompose, factored = path_costs(
-            tokens, self.out_features, self.in_features, self.rank, needs_grad, self.factored_replaces_base
+            tokens, self.out_features, self.in_features, self.rank, needs_grad, replaces_base
         )
-        return recompose < factored
+        if recompose < factored:
+            return "recompose"
+        return "from_factors" if replaces_base else "factored"
 
     def _factored(self, x: torch.Tensor, singular_values: torch.Tensor) -> torch.Tensor:
         """``U (singular_values * (V^T x))``: two thin matmuls, no dense weight."""
@@ -374,8 +384,11 @@ class SVFLayer(BaseTunerLayer):
 
     def _adapted_forward(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
         change = self.singular_value_change(adapter_names)
-        if self._use_recompose(x, adapter_names):
+        path = self._forward_path(x, adapter_names)
+        if path == "recompose":
             return self._forward_with_dense_change(x, change)
+        if path == "from_factors":
+            return self._plus_bias(self._factored(x, self.svf_S + change))
         return self._forward_factored(x, change)
 
     def _forward_factored(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
