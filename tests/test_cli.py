@@ -287,6 +287,35 @@ def test_train_without_lr_uses_the_recipe_rate_of_the_adapter_kind_and_task(
     assert json.loads((output / "results.json").read_text())["settings"]["lr"] == expected
 
 
+@pytest.mark.parametrize(
+    ("adapter", "flags", "expected"), [("svf", [], 0.05), ("lora", [], 0.02), ("svf", ["--beta", 0.3], 0.3)]
+)
+def test_train_without_beta_uses_the_recipe_beta_of_the_adapter_kind(
+    adapter, flags, expected, toy_task, model_dir, tmp_path, capsys, monkeypatch
+):
+    """``--beta`` left out means the kind's KL coefficient; the loss is computed with it (the trainer's own
+    args) and results.json records it."""
+    from peft_svf.trainer import recipe
+
+    monkeypatch.setattr(recipe, "RECIPE_BETAS", {"svf": 0.05, "lora": 0.02})
+    seen = []
+
+    class RecordingTrainer(recipe.SVFTrainer):
+        def compute_loss(self, *args, **kwargs):
+            seen.append(self.args.beta)
+            return super().compute_loss(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "SVFTrainer", RecordingTrainer)
+    output = tmp_path / "run"
+    code, _, _ = run(
+        ["train", "--task", toy_task, "--model", model_dir, "--adapter", adapter, "--steps", 1, "--batch", 4,
+         "--eval-steps", 1, "--valid-n", 4, "--test-n", 0, "--output-dir", output, "--quiet", *flags], capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert seen == [expected]
+    assert json.loads((output / "results.json").read_text())["settings"]["beta"] == expected
+
+
 def test_train_on_jsonl_files_with_a_built_in_reward(model_dir, tmp_path, capsys):
     for name, n in (("train", 16), ("valid", 4), ("test", 6)):
         rows = [{"prompt": p, "answer": "e"} for p in prompts(n, seed=n)]

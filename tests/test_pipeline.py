@@ -12,7 +12,7 @@ from peft_svf.embedded import load_embedded_model
 from peft_svf.pipeline import QUICK, run_pipeline
 from peft_svf.pipeline.report import METHOD_ORDER
 from peft_svf.tasks import evaluate, get_task
-from peft_svf.trainer.recipe import TASK_LEARNING_RATES, recipe_learning_rate
+from peft_svf.trainer.recipe import RECIPE_BETAS, TASK_LEARNING_RATES, recipe_learning_rate
 
 pytestmark = pytest.mark.embedded
 
@@ -69,14 +69,17 @@ def test_a_second_run_reuses_the_experts_and_reproduces_the_table(job):
             assert again["unseen"][task][method]["accuracy"] == summary["unseen"][task][method]["accuracy"]
 
 
-def test_each_expert_trains_at_its_tasks_recipe_rate(job):
-    """``expert_lr=None``: math at its validated 5e-3, the others at SVF's 1e-2, recorded for the reuse check."""
+def test_each_expert_trains_at_its_tasks_recipe_rate_and_beta(job):
+    """``expert_lr=None``, ``expert_beta=None``: each task's validated rate and SVF's KL coefficient, both
+    recorded for the reuse check."""
     config, _ = job
-    assert config.expert_lr is None
-    rates = {}
+    assert config.expert_lr is None and config.expert_beta is None
+    rates, betas = {}, {}
     for domain, task_name in config.expert_tasks.items():
         results = json.loads((config.output_dir / "experts" / domain / "results.json").read_text())
-        rates[task_name] = results["settings"]["lr"]
+        rates[task_name], betas[task_name] = results["settings"]["lr"], results["settings"]["beta"]
         assert results["pipeline_settings"]["lr"] == results["settings"]["lr"]
+        assert results["pipeline_settings"]["beta"] == results["settings"]["beta"]
     assert rates == {task: recipe_learning_rate("svf", task) for task in config.expert_tasks.values()}
     assert rates["offline_math"] == TASK_LEARNING_RATES[("svf", "offline_math")] != rates["offline_code"]
+    assert set(betas.values()) == {RECIPE_BETAS["svf"]}

@@ -83,9 +83,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      help="seeds tried to the first validation; the best one is finished (default: 1)")  # fmt: skip
     run.add_argument("--lr", type=float, default=None,
                      help="learning rate (default: the recipe's for the adapter and task: SVF 1e-2, 5e-3 on offline_math; LoRA 3e-4, 3e-3 on offline_code)")  # fmt: skip
-    run.add_argument(
-        "--beta", type=float, default=0.0, help="KL coefficient, the penalty to the base model (default: 0)"
-    )
+    run.add_argument("--beta", type=float, default=None,
+                     help="KL coefficient, the penalty to the base model (default: the recipe's for the adapter: SVF 0.1, LoRA 0)")  # fmt: skip
     run.add_argument("--kl-coef", type=float, default=None, help="deprecated name of --beta")
     run.add_argument("--temperature", type=float, default=ROLLOUT_TEMPERATURE,
                      help=f"rollout sampling temperature (default: {ROLLOUT_TEMPERATURE})")  # fmt: skip
@@ -141,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
     from ..trainer.recipe import train_expert
 
     # Everything a user can get wrong is checked before the model loads.
-    beta = resolve_renamed("--kl-coef", args.kl_coef, "--beta", args.beta, 0.0)
+    beta = resolve_renamed("--kl-coef", args.kl_coef, "--beta", args.beta, None)
     files = _data_files(args)
     tables = {split: read_table(path, args.prompt_column) for split, path in files.items()}
     reward = make_reward(args.reward, *tables.values()) if tables else None

@@ -31,6 +31,8 @@ class PipelineConfig:
     expert_batch: int = 16
     # None: the recipe's rate for each expert's task (trainer.recipe.recipe_learning_rate)
     expert_lr: float | None = None
+    # None: the recipe's KL coefficient (trainer.recipe.recipe_beta)
+    expert_beta: float | None = None
     expert_temperature: float = ROLLOUT_TEMPERATURE
     expert_candidates: int = 1  # seeds probed to the first validation, the best one finished (train_expert)
     expert_eval_steps: int = 10
@@ -49,10 +51,10 @@ class PipelineConfig:
     cem_generations: int = 3
     cem_elite_ratio: float = 0.2
 
-    def expert_settings(self, lr: float) -> dict[str, Any]:
-        """The settings an expert was trained with (``lr``: its task's rate); a stored expert is reused only
-        when they match."""
-        return dict(steps=self.expert_steps, batch=self.expert_batch, lr=lr,
+    def expert_settings(self, lr: float, beta: float) -> dict[str, Any]:
+        """The settings an expert was trained with (``lr``: its task's rate; ``beta``: the resolved KL
+        coefficient); a stored expert is reused only when they match."""
+        return dict(steps=self.expert_steps, batch=self.expert_batch, lr=lr, beta=beta,
                     temperature=self.expert_temperature, candidates=self.expert_candidates,
                     eval_steps=self.expert_eval_steps,
                     valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip

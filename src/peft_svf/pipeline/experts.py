@@ -10,7 +10,7 @@ from typing import Any
 
 from ..paths import EXPERT_DIR, RESULTS_FILE
 from ..tasks import get_task
-from ..trainer.recipe import recipe_learning_rate, train_expert
+from ..trainer.recipe import recipe_beta, recipe_learning_rate, train_expert
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,15 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
     for domain, task_name in config.expert_tasks.items():
         folder = config.output_dir / "experts" / domain
         lr = recipe_learning_rate("svf", task_name, config.expert_lr)
-        settings = config.expert_settings(lr)
+        beta = recipe_beta("svf", config.expert_beta)
+        settings = config.expert_settings(lr, beta)
         results = _reusable_results(folder, settings)
         if results is None:
             logger.info("training the %s expert on %s", domain, task_name)
             model, tokenizer = load_model()
             results = train_expert(
                 model, tokenizer, get_task(task_name), folder, steps=config.expert_steps,
-                batch=config.expert_batch, lr=lr, temperature=config.expert_temperature,
+                batch=config.expert_batch, lr=lr, beta=beta, temperature=config.expert_temperature,
                 candidates=config.expert_candidates,
                 eval_steps=config.expert_eval_steps, valid_n=config.expert_valid_n,
                 test_n=config.expert_test_n, seed=config.seed,

@@ -13,6 +13,7 @@ _EXPORTS = {
     "SVFTrainer": ".trainer",
     "SVFTrainingConfig": ".config",
     "train_expert": ".recipe",
+    "recipe_beta": ".recipe",
     "recipe_learning_rate": ".recipe",
 }
 

@@ -44,6 +44,18 @@ def recipe_learning_rate(adapter: str, task_name: str, lr: float | None = None) 
     return TASK_LEARNING_RATES.get((adapter, task_name), RECIPE_LEARNING_RATES[adapter])
 
 
+# Each kind's KL coefficient to the base model. SVF: 0.1, chosen on validation over five seeds per domain
+# (docs/trainer.md, 2026-12-06): the same mean best validation in math, +5.6 points in reasoning, +4.7 on three
+# code seeds, and higher worst seeds in math and reasoning (the term keeps a run from locking into an early local
+# optimum). LoRA's rates were chosen without the term.
+RECIPE_BETAS = {"svf": 0.1, "lora": 0.0}
+
+
+def recipe_beta(adapter: str, beta: float | None = None) -> float:
+    """The KL coefficient ``train_expert`` trains with: ``beta`` when given, else the adapter kind's."""
+    return RECIPE_BETAS[adapter] if beta is None else beta
+
+
 def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
     """SVF on the per-architecture default targets, or the paper's LoRA baseline (r=16, attention)."""
     if kind == "svf":
@@ -87,7 +99,7 @@ def train_expert(
     advantage_baseline: str = "batch_mean",
     candidates: int = 1,
     lr: float | None = None,
-    beta: float = 0.0,
+    beta: float | None = None,
     temperature: float = ROLLOUT_TEMPERATURE,
     max_new_tokens: int | None = None,
     eval_steps: int = 10,
@@ -110,11 +122,13 @@ def train_expert(
     validation (docs/trainer.md), so this spends ``(candidates - 1) * eval_steps`` steps to avoid one.
     ``lr=None`` takes the recipe's rate for the adapter kind and task (:func:`recipe_learning_rate`): LoRA at
     SVF's 1e-2 diverges, and SVF on ``offline_math`` is steadier at 5e-3.
+    ``beta=None`` takes the recipe's KL coefficient for the adapter kind (:func:`recipe_beta`).
     ``kl_coef`` is the deprecated name of ``beta`` (TRL's), accepted until the next release.
     """
-    beta = resolve_renamed("kl_coef", kl_coef, "beta", beta, 0.0)
+    beta = resolve_renamed("kl_coef", kl_coef, "beta", beta, None)
     peft_config = adapter_config(adapter)  # an unknown kind fails here, before any work
     lr = recipe_learning_rate(adapter, task.name, lr)
+    beta = recipe_beta(adapter, beta)
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if candidates > 1 and steps <= eval_steps:
