@@ -35,6 +35,8 @@ VARIANTS: dict[str, tuple[Any, bool]] = {
     # name: (adapter config factory, merge adapter for generation)
     "SVF": (lambda: SVFConfig(init_noise_std=0.01), True),
     "SVF, unmerged rollouts": (lambda: SVFConfig(init_noise_std=0.01), False),
+    # What "auto" chose in training before it could drop W x (2026-12-06): a recomposed weight on every layer.
+    "SVF, recompose": (lambda: SVFConfig(init_noise_std=0.01, forward_mode="recompose"), True),
     # W freed: the forward is U diag(s') V^T x alone, no W x plus a change (docs/svf.md, "keep_base_weight").
     "SVF, W freed": (lambda: SVFConfig(init_noise_std=0.01, keep_base_weight=False), True),
     "LoRA r=16 attn": (
