@@ -28,8 +28,10 @@ def vectors(expert_dir) -> dict[str, torch.Tensor]:
 
 def test_the_best_candidate_at_the_first_validation_is_finished_as_if_it_ran_alone(tmp_path):
     tokenizer, task = tiny_tokenizer(), toy_task()
+    # beta pinned at 0: the seed below was picked for candidates that validate apart at that coefficient.
+    settings = {**SETTINGS, "beta": 0.0}
     results = train_expert(tiny_llama(len(tokenizer)), tokenizer, task, tmp_path / "two", candidates=2,
-                           seed=12, **SETTINGS)  # fmt: skip
+                           seed=12, **settings)  # fmt: skip
     probes = results["candidates"]
     assert [p["seed"] for p in probes] == [12, 12 + CANDIDATE_SEED_STRIDE]
     # With seed 12 the second candidate validates better (0.5 against 0.0 here), so it is the one resumed.
@@ -41,7 +43,7 @@ def test_the_best_candidate_at_the_first_validation_is_finished_as_if_it_ran_alo
     # candidate is bit for bit the plain run of its seed (resumed from the probe's checkpoint).
     for probe in probes:
         alone = train_expert(tiny_llama(len(tokenizer)), tokenizer, task, tmp_path / f"alone-{probe['seed']}",
-                             seed=probe["seed"], **SETTINGS)  # fmt: skip
+                             seed=probe["seed"], **settings)  # fmt: skip
         assert alone["valid_accuracy_by_step"][2] == probe["valid_accuracy"]
         if probe["seed"] == results["chosen_seed"]:
             assert alone["valid_accuracy_by_step"] == results["valid_accuracy_by_step"]
