@@ -40,10 +40,10 @@ def _remember(folder: Path, results: dict[str, Any], settings: dict[str, Any]) -
 def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str, dict[str, Any]]:
     """Train (or reuse) one SVF expert per domain; each starts from a fresh copy of the base model."""
     all_results = {}
+    beta = recipe_beta("svf", config.expert_beta)  # the kind's, the same for every task
     for domain, task_name in config.expert_tasks.items():
         folder = config.output_dir / "experts" / domain
         lr = recipe_learning_rate("svf", task_name, config.expert_lr)
-        beta = recipe_beta("svf", config.expert_beta)
         settings = config.expert_settings(lr, beta)
         results = _reusable_results(folder, settings)
         if results is None:

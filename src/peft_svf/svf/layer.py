@@ -382,18 +382,22 @@ class SVFLayer(BaseTunerLayer):
         bias = self.get_base_layer().bias
         return out if bias is None else out + bias
 
+    def _from_factors(self, x: torch.Tensor, singular_values: torch.Tensor) -> torch.Tensor:
+        """The layer's whole output ``U (singular_values * (V^T x)) + b``, with no ``W x``."""
+        return self._plus_bias(self._factored(x, singular_values))
+
     def _adapted_forward(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
         change = self.singular_value_change(adapter_names)
         path = self._forward_path(x, adapter_names)
         if path == "recompose":
             return self._forward_with_dense_change(x, change)
         if path == "from_factors":
-            return self._plus_bias(self._factored(x, self.svf_S + change))
+            return self._from_factors(x, self.svf_S + change)
         return self._forward_factored(x, change)
 
     def _forward_factored(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
         if self.frees_base_weight:
-            return self._plus_bias(self._factored(x, self.svf_S + change))
+            return self._from_factors(x, self.svf_S + change)
         # Keeping W x exact is what makes a fresh adapter reproduce the base bit for bit.
         return self.get_base_layer()(x) + self._factored(x, change).to(x.dtype)
 
@@ -417,7 +421,7 @@ class SVFLayer(BaseTunerLayer):
     def _base_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.merged or not self.frees_base_weight:
             return self.base_layer(x, *args, **kwargs)
-        return self._plus_bias(self._factored(x, self.svf_S))
+        return self._from_factors(x, self.svf_S)
 
     def _mixed_batch_forward(self, x: torch.Tensor, row_adapters: list[str]) -> torch.Tensor:
         """Each batch row with its own adapter (or ``"__base__"``), in one pass: per-row singular values.
