@@ -18,7 +18,7 @@ pytestmark = pytest.mark.embedded
 
 TINY = dict(expert_steps=1, expert_batch=2, expert_eval_steps=1, expert_valid_n=2, expert_test_n=2,
             classifier_steps=1, classifier_batch=3, classifier_eval_steps=1, classifier_valid_n=3,
-            unseen_n=3, cem_shots=2, cem_population=3, cem_generations=1)  # fmt: skip
+            unseen_n=3, unseen_batch_size=2, cem_shots=2, cem_population=3, cem_generations=1)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +50,16 @@ def test_base_and_expert_rows_match_an_independent_evaluation(job):
     config, summary = job
     task = get_task(config.unseen_tasks[0])
     model, tokenizer = load_embedded_model()
-    base = evaluate(model, task, tokenizer, n=config.unseen_n, progress=False).accuracy
-    assert summary["unseen"][task.name]["base"]["accuracy"] == base
-    expert = PeftModel.from_pretrained(model, summary["experts"]["math"]["path"])
-    accuracy = evaluate(expert, task, tokenizer, n=config.unseen_n, progress=False).accuracy
-    assert summary["unseen"][task.name]["expert: math"]["accuracy"] == accuracy
+    sizes = dict(n=config.unseen_n, batch_size=config.unseen_batch_size, progress=False)
+    base = evaluate(model, task, tokenizer, **sizes)
+    row = summary["unseen"][task.name]
+    assert (row["base"]["accuracy"], row["base"]["correct_items"]) == (base.accuracy, _items(base))
+    expert = evaluate(PeftModel.from_pretrained(model, summary["experts"]["math"]["path"]), task, tokenizer, **sizes)
+    assert (row["expert: math"]["accuracy"], row["expert: math"]["correct_items"]) == (expert.accuracy, _items(expert))
+
+
+def _items(result) -> list[int]:
+    return [int(r["correct"]) for r in result.records]
 
 
 def test_a_second_run_reuses_the_experts_and_reproduces_the_table(job):

@@ -46,6 +46,9 @@ class PipelineConfig:
     classifier_valid_n: int = 30
     # unseen-task evaluation and few-shot CEM (strategy C)
     unseen_n: int = 60
+    # prompts per generate call: decoding on a CPU costs per step, so one call for all 60 items is faster than
+    # four of 16 (benchmarks/eval_batch_size.py)
+    unseen_batch_size: int = 64
     cem_shots: int = 3
     cem_population: int = 32
     cem_generations: int = 3

@@ -45,19 +45,24 @@ class DecisionRecorder:
         del self.adaptive_model.generate  # the instance attribute goes; the class method shows again
 
 
-def _score(model: Any, task: Task, tokenizer: Any, n: int, base_accuracy: float | None) -> dict[str, Any]:
+def _score(
+    model: Any, task: Task, tokenizer: Any, config: PipelineConfig, base_accuracy: float | None
+) -> dict[str, Any]:
     start = time.time()
-    result = evaluate(model, task, tokenizer, split="test", n=n, base_accuracy=base_accuracy)
+    result = evaluate(model, task, tokenizer, split="test", n=config.unseen_n, batch_size=config.unseen_batch_size,
+                      base_accuracy=base_accuracy)  # fmt: skip
     # correct_items: each test item's 0/1 in order, for the multi-seed report's bootstrap (pipeline.aggregate)
     return {"accuracy": result.accuracy, "normalized": result.normalized_score, "n": result.n,
             "seconds": round(time.time() - start, 1),
             "correct_items": [int(r["correct"]) for r in result.records]}  # fmt: skip
 
 
-def _dispatched(adaptive_model: Any, task: Task, tokenizer: Any, n: int, base: float) -> dict[str, Any]:
+def _dispatched(
+    adaptive_model: Any, task: Task, tokenizer: Any, config: PipelineConfig, base: float
+) -> dict[str, Any]:
     """Score a dispatching strategy and count its labels and mean alpha over the task's prompts."""
     with DecisionRecorder(adaptive_model) as decisions:
-        scores = _score(adaptive_model, task, tokenizer, n, base)
+        scores = _score(adaptive_model, task, tokenizer, config, base)
     labels = Counter(d.label if d.label is not None else OTHERS for d in decisions)
     experts = list(adaptive_model.experts)
     scores["labels"] = {label: labels.get(label, 0) for label in [*experts, OTHERS]}
@@ -68,13 +73,13 @@ def _dispatched(adaptive_model: Any, task: Task, tokenizer: Any, n: int, base: f
 
 
 def _score_with_adapter(
-    adaptive_model: Any, adapter: str, task: Task, tokenizer: Any, n: int, base: float
+    adaptive_model: Any, adapter: str, task: Task, tokenizer: Any, config: PipelineConfig, base: float
 ) -> dict[str, Any]:
     """Score with one adapter on every prompt through ``adaptive_model``: it adds the adapter into the weights
     for the batch (base-model speed, half the time of SVF's factored forward) and puts the exact weights back."""
     adaptive_model.use_mixture(adapter)
     try:
-        return _score(adaptive_model, task, tokenizer, n, base)
+        return _score(adaptive_model, task, tokenizer, config, base)
     finally:
         adaptive_model.use_mixture(None)
 
@@ -91,16 +96,16 @@ def evaluate_unseen(
     peft_model, experts = adaptive_model.model, list(adaptive_model.experts)
     table: dict[str, dict[str, Any]] = {}
     for task_name in config.unseen_tasks:
-        task, n = get_task(task_name), config.unseen_n
-        logger.info("unseen task %s (%d items)", task_name, n)
+        task = get_task(task_name)
+        logger.info("unseen task %s (%d items)", task_name, config.unseen_n)
         with peft_model.disable_adapter():
-            row = {BASE_MODEL: _score(peft_model, task, tokenizer, n, None)}
+            row = {BASE_MODEL: _score(peft_model, task, tokenizer, config, None)}
         base = row[BASE_MODEL]["accuracy"]
         row[BASE_MODEL]["normalized"] = 1.0 if base else None
         for expert in experts:
-            row[f"expert: {expert}"] = _score_with_adapter(adaptive_model, expert, task, tokenizer, n, base)
+            row[f"expert: {expert}"] = _score_with_adapter(adaptive_model, expert, task, tokenizer, config, base)
         for strategy in (PROMPT, CLASSIFIER, SOFT):
-            row[strategy] = _dispatched(adaptive_models[strategy], task, tokenizer, n, base)
+            row[strategy] = _dispatched(adaptive_models[strategy], task, tokenizer, config, base)
         row[FEW_SHOT] = few_shot_cem(config, adaptive_model, task, tokenizer, base)
         table[task_name] = row
     return table
@@ -127,7 +132,7 @@ def few_shot_cem(
     adaptive_model.model.save_pretrained(
         str(config.output_dir / "adapters"), selected_adapters=[found.adapter_name]
     )
-    scores = _score_with_adapter(adaptive_model, found.adapter_name, task, tokenizer, config.unseen_n, base)
+    scores = _score_with_adapter(adaptive_model, found.adapter_name, task, tokenizer, config, base)
     scores.update(alpha=found.alpha, few_shot_score=found.score, search_seconds=search_seconds,
                   history=found.history)  # fmt: skip
     return scores
