@@ -12,13 +12,11 @@ near-tie). Prints a table and writes JSON to ``benchmarks/results/eval_batch_siz
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
-import torch
+from results_file import write_results
 
 from peft_svf.embedded import load_embedded_model
 from peft_svf.pipeline.config import DEFAULT_UNSEEN_TASKS
@@ -55,12 +53,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['task']} | {r['n']} | {r['batch_size']} | {r['seconds']} | {r['speedup']}x | "
               f"{r['accuracy']:.3f} | {r['completions_differ']} |")  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}  # fmt: skip
-    RESULTS.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows}, indent=2))
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, args, rows, load_start)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ weight can flip a greedy near-tie). Prints a table and writes JSON to
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 from peft import get_peft_model
+from results_file import write_results
 
 from peft_svf import SVFConfig
 from peft_svf.embedded import load_embedded_model
@@ -69,12 +68,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['task']} | {r['n']} | {r['unmerged_s']} | {r['merged_s']} | {r['speedup']}x | "
               f"{r['accuracy_unmerged']:.3f} / {r['accuracy_merged']:.3f} | {r['completions_differ']} |")  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}  # fmt: skip
-    RESULTS.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows}, indent=2))
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, args, rows, load_start)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,24 @@
+"""The JSON a benchmark leaves beside its printed table: its settings, its rows and the machine it ran on.
+
+The load average at the start and at the end is kept because a ratio measured beside other jobs is noisier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def write_results(path: Path, args: argparse.Namespace, rows: list[dict[str, Any]], load_start: float) -> None:
+    meta = {"threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
+            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows}, indent=2))
+    print(f"wrote {path}")
