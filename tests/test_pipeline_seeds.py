@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import peft_svf.pipeline as pipeline
 import peft_svf.pipeline.run as run_module
+from peft_svf.paths import write_json
 from peft_svf.pipeline import QUICK, aggregate_seeds, bootstrap_ci
 from peft_svf.pipeline.config import parse_args
-from peft_svf.pipeline.report import METHOD_ORDER, confusion, with_best_single_expert
+from peft_svf.pipeline.report import METHOD_ORDER, confusion, with_best_single_expert, write_report
 
 TASKS = {
     "offline_math_unseen": "math",
@@ -275,3 +281,91 @@ def test_main_without_seeds_runs_one_job_as_before(monkeypatch, tmp_path):
 def test_run_seeds_needs_seeds():
     with pytest.raises(ValueError, match=r"needs config\.seeds"):
         run_module.run_seeds(QUICK)
+
+
+def _finish_seed(config, seed: int) -> dict:
+    """Seed ``seed`` of ``config`` as a finished job leaves it: its report, results.json with its config."""
+    one = run_module.seed_config(config, seed)
+    summary = {**synthetic_summary(seed), "config": one.to_dict()}
+    write_report(one.output_dir / "report", summary)
+    return summary
+
+
+def test_a_stopped_multi_seed_run_resumes_at_the_first_unfinished_seed(monkeypatch, tmp_path):
+    config = replace(QUICK, seeds=SEEDS, output_dir=tmp_path)
+    for seed in (0, 1):
+        _finish_seed(config, seed)
+    # seed 2 was stopped mid-job: its report folder holds table2.md but not the results.json written last
+    (tmp_path / "seed-2" / "report").mkdir(parents=True)
+    (tmp_path / "seed-2" / "report" / "table2.md").write_text("partial")
+    calls = []
+
+    def fake_run_pipeline(one):
+        calls.append(one.seed)
+        return {**synthetic_summary(one.seed), "config": one.to_dict()}
+
+    monkeypatch.setattr(run_module, "run_pipeline", fake_run_pipeline)
+    results = run_module.run_seeds(config)
+    assert calls == [2]
+    in_memory = {s: {**synthetic_summary(s), "config": run_module.seed_config(config, s).to_dict()} for s in SEEDS}
+    expected = json.loads(json.dumps(aggregate_seeds(in_memory)))
+    for key in ("unseen", "minus_base", "experts"):
+        assert json.loads(json.dumps(results[key])) == expected[key], key
+
+
+def test_a_seed_finished_with_other_settings_is_run_again(monkeypatch, tmp_path):
+    config = replace(QUICK, seeds=(0,), output_dir=tmp_path)
+    _finish_seed(replace(config, expert_steps=config.expert_steps + 1), 0)
+    calls = []
+    monkeypatch.setattr(run_module, "run_pipeline", lambda one: calls.append(one.seed) or synthetic_summary(0))
+    run_module.run_seeds(config)
+    assert calls == [0]
+    # a finished seed moved to another folder is still the same job
+    moved = replace(config, output_dir=tmp_path / "moved")
+    _finish_seed(config, 0)
+    (tmp_path / "seed-0").rename(tmp_path / "moved-seed-0")
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved-seed-0").rename(tmp_path / "moved" / "seed-0")
+    run_module.run_seeds(moved)
+    assert calls == [0]
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from peft_svf.paths import write_json
+path, n = Path(sys.argv[1]), 0
+while True:
+    n += 1
+    write_json(path, {"text": str(n % 10) * 10_000_000})
+"""
+
+
+def test_a_job_killed_while_writing_json_leaves_a_whole_file(tmp_path):
+    """A writer rewrites a 10 MB file in a loop and is killed (SIGKILL) the moment the file is seen other than
+    whole, or after 2 s: what it leaves must be one whole version. A plain write_text fails this at once."""
+    path = tmp_path / "results.json"
+    whole = len(json.dumps({"text": "0" * 10_000_000}, indent=2))
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
+    try:
+        while not path.exists():
+            time.sleep(0.001)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and path.stat().st_size == whole:
+            pass
+    finally:
+        writer.kill()
+        writer.wait()
+    text = json.loads(path.read_text())["text"]
+    assert len(text) == 10_000_000 and len(set(text)) == 1
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".tmp")] == ["results.json"]
+
+
+def test_write_json_cleans_up_when_the_rename_fails(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    write_json(path, {"accuracy": 0.5})
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        write_json(path, {"accuracy": 0.7})
+    assert json.loads(path.read_text()) == {"accuracy": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -6,8 +6,10 @@ not load the trainer that wrote it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 # A trained expert's folder: the adapter in EXPERT_DIR, what it was trained on and how well it did in RESULTS_FILE.
 RESULTS_FILE = "results.json"
@@ -20,3 +22,15 @@ def default_cache_dir() -> Path:
         return Path(os.environ["PEFT_SVF_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "peft_svf"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as JSON through a temporary file and a rename: a job killed while writing leaves the old file
+    or none, never a truncated one, which a rerun (it reuses finished stages by reading these files) would
+    fail on."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(temp, path)  # atomic on POSIX and Windows
+    finally:
+        temp.unlink(missing_ok=True)

@@ -7,14 +7,13 @@ reward +1 for the right label in ``\\boxed{}``; the best checkpoint on the exper
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..defaults import CLASSIFIER_TEMPERATURE
-from ..paths import EXPERT_DIR, RESULTS_FILE
+from ..paths import EXPERT_DIR, RESULTS_FILE, write_json
 from ..tasks import Task
 from ..tasks.classification import build_task_id_dataset, task_id_reward
 from ..trainer.recipe import train_expert
@@ -69,5 +68,5 @@ def train_classification_expert(
         tasks=dict(tasks), train_rows=len(train), valid_rows=len(valid), path=str(output_dir / EXPERT_DIR)
     )
     results["settings"]["n_per_task"] = n_per_task
-    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
+    write_json(output_dir / RESULTS_FILE, results)
     return results

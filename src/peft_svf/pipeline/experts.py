@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..paths import EXPERT_DIR, RESULTS_FILE
+from ..paths import EXPERT_DIR, RESULTS_FILE, write_json
 from ..tasks import get_task
 from ..trainer.recipe import recipe_beta, recipe_learning_rate, train_expert
 from .config import PipelineConfig
@@ -33,7 +33,7 @@ def _reusable_results(folder: Path, settings: dict[str, Any]) -> dict[str, Any] 
 
 def _remember(folder: Path, results: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     results["pipeline_settings"] = settings
-    (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
+    write_json(folder / RESULTS_FILE, results)
     return results
 
 

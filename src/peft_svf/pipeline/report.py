@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 from pathlib import Path
 from typing import Any
 
 from ..adaptive.dispatch import confusion_matrix
+from ..paths import RESULTS_FILE, write_json
 from .strategies import BASE_MODEL, CLASSIFIER, FEW_SHOT, PROMPT, SOFT
 
 logger = logging.getLogger(__name__)
@@ -72,10 +72,10 @@ def confusion(unseen: dict[str, dict[str, Any]], method: str, domains: dict[str,
 
 
 def write_report(folder: Path, summary: dict[str, Any]) -> list[Path]:
-    """Writes table2.md, results.json and the PNG figures; returns the files written."""
+    """Writes table2.md, the PNG figures and, last, results.json (a multi-seed job takes a seed whose
+    results.json is there as finished); returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
-    written = [folder / "results.json", folder / "table2.md"]
-    written[0].write_text(json.dumps(summary, indent=2, default=str))
+    written = [folder / RESULTS_FILE, folder / "table2.md"]
     written[1].write_text(
         "# Transformer² on the embedded model: unseen tasks\n\n"
         "Accuracy % (normalised score = accuracy / base accuracy in parentheses)\n\n"
@@ -83,6 +83,7 @@ def write_report(folder: Path, summary: dict[str, Any]) -> list[Path]:
         f"{experts_markdown(summary['experts'])}\n"
     )
     written += _figures(folder, summary)
+    write_json(written[0], summary)
     return written
 
 
@@ -126,9 +127,7 @@ def experts_seeds_markdown(aggregated: dict[str, Any]) -> str:
     lines = ["| expert | task | n | base | expert |", "| --- | --- | ---: | ---: | ---: |"]
     for domain, r in aggregated["experts"].items():
         n = next((c["n_items"] for c in (r["base"], r["expert"]) if c is not None), "-")
-        lines.append(
-            f"| {domain} | {r['task']} | {n} | {stat_cell(r['base'])} | {stat_cell(r['expert'])} |"
-        )
+        lines.append(f"| {domain} | {r['task']} | {n} | {stat_cell(r['base'])} | {stat_cell(r['expert'])} |")
     return "\n".join(lines)
 
 
@@ -157,8 +156,8 @@ def write_seeds_report(
     accuracy.png (Table 2 with CI error bars) and the figures of :func:`write_report` over seeds (curves and
     alphas as mean ± sd, confusion counts summed); returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
-    written = [folder / "results.json", folder / "table2.md"]
-    written[0].write_text(json.dumps(aggregated, indent=2, default=str))
+    written = [folder / RESULTS_FILE, folder / "table2.md"]
+    write_json(written[0], aggregated)
     boot = aggregated["bootstrap"]
     how = (f"mean ± sd over {_seeds_caption(aggregated)} [95% CI: bootstrap, {boot['resamples']} resamples "
            "of the seeds and then of each drawn seed's items, percentile]")  # fmt: skip

@@ -6,11 +6,13 @@ and each adaptation strategy on the unseen tasks, and write the report (Table 2,
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import replace
 from typing import Any
 
+from ..paths import RESULTS_FILE
 from ..tasks import get_task
 from .aggregate import aggregate_seeds
 from .config import PipelineConfig
@@ -95,17 +97,43 @@ def seed_config(config: PipelineConfig, seed: int) -> PipelineConfig:
     return replace(config, seed=seed, seeds=(), output_dir=config.output_dir / f"seed-{seed}")
 
 
+def finished_seed(config: PipelineConfig) -> dict[str, Any] | None:
+    """The summary of this seed's job if it already ran to its end with the same settings, else None.
+
+    A seed of the full job takes most of an hour: a multi-seed run stopped after some seeds resumes at the
+    first unfinished one. The job writes its results.json last, so the file's presence means it finished.
+    """
+    path = config.output_dir / "report" / RESULTS_FILE
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    settings = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k != "output_dir"}
+    stored = {k: v for k, v in summary.get("config", {}).items() if k != "output_dir"}
+    if stored != settings:
+        logger.warning("%s was run with other settings; running seed %d again", path, config.seed)
+        return None
+    return summary
+
+
 def run_seeds(config: PipelineConfig) -> dict[str, Any]:
-    """:func:`run_pipeline` once per seed of ``config.seeds`` (into ``output_dir/seed-<s>/``), then the
-    statistics over seeds (:func:`~peft_svf.pipeline.aggregate.aggregate_seeds`) written to
-    ``output_dir/report/``; returns what results.json holds."""
+    """:func:`run_pipeline` once per seed of ``config.seeds`` (into ``output_dir/seed-<s>/``; a seed that
+    finished there with the same settings is read back, not run again), then the statistics over seeds
+    (:func:`~peft_svf.pipeline.aggregate.aggregate_seeds`) written to ``output_dir/report/``; returns what
+    results.json holds."""
     if not config.seeds:
         raise ValueError("run_seeds needs config.seeds; a single seed is run_pipeline(config)")
     start = time.time()
     summaries = {}
     for seed in config.seeds:
-        logger.info("seed %d of %s", seed, list(config.seeds))
-        summaries[seed] = run_pipeline(seed_config(config, seed))
+        one = seed_config(config, seed)
+        summaries[seed] = finished_seed(one)
+        if summaries[seed] is None:
+            logger.info("seed %d of %s", seed, list(config.seeds))
+            summaries[seed] = run_pipeline(one)
+        else:
+            logger.info(
+                "seed %d of %s finished earlier in %s; reusing it", seed, list(config.seeds), one.output_dir
+            )
     results = aggregate_seeds(summaries)
     job = config.to_dict()
     del job["seed"]  # each seed's own config is in its seed-<s>/report/results.json

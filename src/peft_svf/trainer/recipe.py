@@ -8,7 +8,6 @@ is the same as an expert trained by the others.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from peft import LoraConfig, PeftConfig
 from transformers import TrainerCallback
 
 from ..defaults import ROLLOUT_TEMPERATURE  # the rollout temperature, shared with the CLI
-from ..paths import EXPERT_DIR, RESULTS_FILE
+from ..paths import EXPERT_DIR, RESULTS_FILE, write_json
 from ..svf import SVFConfig
 from ..svf.merging import merged_for_inference
 from ..tasks import Task, evaluate, train_valid_split
@@ -233,5 +232,5 @@ def train_expert(
         with torch.no_grad(), merged_for_inference(trainer.model, tokens=tokens):
             test("expert")
     trainer.save_model(str(output_dir / EXPERT_DIR))
-    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
+    write_json(output_dir / RESULTS_FILE, results)
     return results
