@@ -153,3 +153,23 @@ def test_cem_config_refuses_bad_settings_naming_the_field(bad):
     (field,) = bad
     with pytest.raises(ValueError, match=field):
         CEMConfig(**bad)
+
+
+def test_batched_log_likelihoods_of_completions_of_different_lengths():
+    """Rows of different prompt and completion lengths (none, one, four tokens), left-padded in one batch,
+    against each row alone with the whole vocabulary's log-softmax at every position."""
+    from peft_svf.adaptive.cem import _log_likelihoods
+
+    adaptive_model, _, _ = toy("code")
+    model, tokenizer = adaptive_model.model, adaptive_model.tokenizer
+    prompts = [tokenizer(render(tokenizer, [{"role": "user", "content": q}]), return_tensors="pt",
+                         add_special_tokens=False)["input_ids"][0] for q in QUESTIONS[:3]]  # fmt: skip
+    generated = [torch.tensor([5, 9, 2, 7]), torch.tensor([], dtype=torch.long), torch.tensor([11])]
+    rows = ["code", "math", "reasoning"]
+    got = _log_likelihoods(adaptive_model, prompts, generated, rows, batch_size=None)
+    for (total, n), prompt, new, adapter in zip(got, prompts, generated, rows, strict=True):
+        model.set_adapter(adapter)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.cat([prompt, new])[None]).logits[0, :-1].double(), -1)
+        expected = logp[len(prompt) - 1 + torch.arange(len(new)), new].sum().item()
+        assert n == len(new) and total == pytest.approx(expected, abs=1e-4)
