@@ -47,13 +47,11 @@ def main() -> None:
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
     model, tokenizer = load_embedded_model()
-    peft_model = None
-    for i, name in enumerate(EXPERTS):
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, SVFConfig(init_noise_std=0.1), adapter_name=EXPERTS[0])
+    for i, name in enumerate(EXPERTS[1:], start=1):
         torch.manual_seed(i)
-        config = SVFConfig(init_noise_std=0.1)
-        peft_model = get_peft_model(model, config, adapter_name=name) if peft_model is None else peft_model
-        if name not in peft_model.peft_config:
-            peft_model.add_adapter(name, config)
+        peft_model.add_adapter(name, SVFConfig(init_noise_std=0.1))
     adaptive_model = SelfAdaptiveModel(peft_model.eval(), tokenizer, list(EXPERTS))
     shots = get_task(args.task).load("train").select(range(args.shots))
     prompts = [tokenizer(render(tokenizer, row["prompt"]), return_tensors="pt", add_special_tokens=False)

@@ -189,13 +189,14 @@ def _log_likelihoods(
             for i, s in enumerate(seqs):
                 ids[i, width - len(s) :], mask[i, width - len(s) :] = s, 1
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            # Logits only where a generated token is predicted, and no log-softmax tensor (the whole
-            # vocabulary at every position of 96 few-shot rows of ~250 tokens is gigabytes, twice).
+            # Logits only where a generated token is predicted, and no log-softmax tensor: the whole vocabulary
+            # at every position of a CEM generation's 96 rows is gigabytes, twice (benchmarks/cem_scoring_memory.py).
             longest = max(len(g) for g in generated[start : start + size])
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1,
                            adapter_names=rows[start : start + size]).logits.float()  # fmt: skip
+            predicting = logits[:, :-1]  # position j predicts token j + 1
             targets = ids[:, width - longest :, None]
-            logp = (logits[:, :-1].gather(-1, targets) - logits[:, :-1].logsumexp(-1, keepdim=True))[..., 0]
+            logp = (predicting.gather(-1, targets) - predicting.logsumexp(-1, keepdim=True))[..., 0]
             for i, g in enumerate(generated[start : start + size]):
                 n = len(g)
                 results.append((logp[i, longest - n :].sum().item() if n else 0.0, n))

@@ -127,7 +127,9 @@ def experts_seeds_markdown(aggregated: dict[str, Any]) -> str:
     lines = ["| expert | task | n | base | expert |", "| --- | --- | ---: | ---: | ---: |"]
     for domain, r in aggregated["experts"].items():
         n = next((c["n_items"] for c in (r["base"], r["expert"]) if c is not None), "-")
-        lines.append(f"| {domain} | {r['task']} | {n} | {stat_cell(r['base'])} | {stat_cell(r['expert'])} |")
+        lines.append(
+            f"| {domain} | {r['task']} | {n} | {stat_cell(r['base'])} | {stat_cell(r['expert'])} |"
+        )
     return "\n".join(lines)
 
 
