@@ -24,6 +24,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "peft_svf"
 
 
+def as_stored(data: Any) -> Any:
+    """``data`` as :func:`write_json` stores it (tuples become lists, paths strings): settings kept in memory
+    compare equal to those read back from a results file only in this form."""
+    return json.loads(json.dumps(data, default=str))
+
+
 def write_json(path: Path, data: Any) -> None:
     """``data`` as JSON through a temporary file and a rename: a job killed while writing leaves the old file
     or none, never a truncated one, which a rerun (it reuses finished stages by reading these files) would

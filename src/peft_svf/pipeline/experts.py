@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..paths import EXPERT_DIR, RESULTS_FILE, write_json
+from ..paths import EXPERT_DIR, RESULTS_FILE, as_stored, write_json
 from ..tasks import get_task
 from ..trainer.recipe import recipe_beta, recipe_learning_rate, train_expert
 from .config import PipelineConfig
@@ -25,7 +25,7 @@ def _reusable_results(folder: Path, settings: dict[str, Any]) -> dict[str, Any] 
     if not (results_file.exists() and adapter.exists()):
         return None
     results = json.loads(results_file.read_text())
-    if results.get("pipeline_settings") != json.loads(json.dumps(settings)):
+    if results.get("pipeline_settings") != as_stored(settings):
         logger.warning("%s was trained with other settings; training it again", folder)
         return None
     return results

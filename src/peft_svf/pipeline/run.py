@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from ..paths import RESULTS_FILE
+from ..paths import RESULTS_FILE, as_stored
 from ..tasks import get_task
 from .aggregate import aggregate_seeds
 from .config import PipelineConfig
@@ -107,7 +107,7 @@ def finished_seed(config: PipelineConfig) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
-    settings = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k != "output_dir"}
+    settings = {k: v for k, v in as_stored(config.to_dict()).items() if k != "output_dir"}
     stored = {k: v for k, v in summary.get("config", {}).items() if k != "output_dir"}
     if stored != settings:
         logger.warning("%s was run with other settings; running seed %d again", path, config.seed)
