@@ -155,21 +155,24 @@ def test_cem_config_refuses_bad_settings_naming_the_field(bad):
         CEMConfig(**bad)
 
 
-def test_batched_log_likelihoods_of_completions_of_different_lengths():
-    """Rows of different prompt and completion lengths (none, one, four tokens), left-padded in one batch,
-    against each row alone with the whole vocabulary's log-softmax at every position."""
-    from peft_svf.adaptive.cem import _log_likelihoods
+def test_greedy_log_likelihoods_of_mixed_rows_of_different_lengths():
+    """Rows under different adapters, with prompts of different lengths and completions that end at different
+    steps (one token is made end-of-sequence), left-padded in one generate call: each row's recorded
+    log-likelihood against the row alone, its prompt and completion scored with a float64 log-softmax."""
+    from peft_svf.adaptive.generation import greedy_texts
 
     adaptive_model, _, _ = toy("code")
     model, tokenizer = adaptive_model.model, adaptive_model.tokenizer
-    prompts = [tokenizer(render(tokenizer, [{"role": "user", "content": q}]), return_tensors="pt",
-                         add_special_tokens=False)["input_ids"][0] for q in QUESTIONS[:3]]  # fmt: skip
-    generated = [torch.tensor([5, 9, 2, 7]), torch.tensor([], dtype=torch.long), torch.tensor([11])]
+    texts = [render(tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS[:3]]
     rows = ["code", "math", "reasoning"]
-    got = _log_likelihoods(adaptive_model, prompts, generated, rows, batch_size=None)
-    for (total, n), prompt, new, adapter in zip(got, prompts, generated, rows, strict=True):
+    free = greedy_texts(model, tokenizer, texts, rows, max_new_tokens=6)
+    model.generation_config.eos_token_id = int(free.generated[0][1])  # row 0 now stops after two tokens
+    out = greedy_texts(model, tokenizer, texts, rows, max_new_tokens=6, log_likelihoods=True)
+    assert len(out.generated[0]) == 2 and max(len(g) for g in out.generated) > 2
+    for text, new, adapter, got in zip(texts, out.generated, rows, out.log_likelihoods, strict=True):
+        prompt = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
         model.set_adapter(adapter)
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.cat([prompt, new])[None]).logits[0, :-1].double(), -1)
         expected = logp[len(prompt) - 1 + torch.arange(len(new)), new].sum().item()
-        assert n == len(new) and total == pytest.approx(expected, abs=1e-4)
+        assert got == pytest.approx(expected, abs=1e-4)

@@ -26,7 +26,7 @@ from peft_svf.adaptive import (
     mix_svf_adapters,
 )
 from peft_svf.adaptive.dispatch import label_first_tokens
-from peft_svf.adaptive.generation import greedy_texts, last_token_logits, shared_prefix_length
+from peft_svf.adaptive.generation import GreedyTexts, greedy_texts, last_token_logits, shared_prefix_length
 from peft_svf.prompts import questions_from_ids, render
 from peft_svf.svf.merging import worth_merging
 from peft_svf.tasks import evaluate, generate_completions
@@ -141,7 +141,7 @@ def test_prompt_dispatcher_parses_boxed_labels_and_falls_back_to_base(monkeypatc
 
     def fake_pass_one(model_, tokenizer_, texts, rows, **kwargs):
         seen["texts"], seen["rows"] = texts, rows
-        return answers, None, None
+        return GreedyTexts(answers, [], None)
 
     monkeypatch.setattr("peft_svf.adaptive.dispatch.greedy_texts", fake_pass_one)
     adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="prompt")
@@ -172,7 +172,7 @@ def test_classifier_dispatcher_runs_pass_one_with_the_classification_expert(monk
     mix_svf_adapters(model, {"math": 1.0, "code": 1.0}, "task_classifier")
     rows = {}
     monkeypatch.setattr("peft_svf.adaptive.dispatch.greedy_texts",
-                        lambda m, t, texts, r, **k: (rows.setdefault("rows", r), ["\\boxed{math}"] * len(texts), None, None)[1:])  # fmt: skip
+                        lambda m, t, texts, r, **k: GreedyTexts(["\\boxed{math}"] * len(rows.setdefault("rows", r)), [], None))  # fmt: skip
     adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="classifier")
     assert [d.label for d in adaptive_model.dispatch(QUESTIONS[:2])] == ["math", "math"]
     assert rows["rows"] == ["task_classifier"] * 2
@@ -297,8 +297,8 @@ def test_pass_one_shared_prefix_cache_is_exact():
     kwargs = {"max_new_tokens": 6, "batch_size": 3}
     shared = greedy_texts(model, tokenizer, texts, ["__base__"] * 4, share_prefix=True, **kwargs)
     plain = greedy_texts(model, tokenizer, texts, ["__base__"] * 4, share_prefix=False, **kwargs)
-    assert shared[0] == plain[0]
-    assert all(torch.equal(a, b) for a, b in zip(shared[2], plain[2], strict=True))
+    assert shared.completions == plain.completions
+    assert all(torch.equal(a, b) for a, b in zip(shared.generated, plain.generated, strict=True))
     with torch.no_grad(), model.disable_adapter():
         cached = last_token_logits(model, rows, tokenizer.pad_token_id, batch_size=3)
         alone_logits = torch.stack([model(torch.tensor([r])).logits[0, -1] for r in rows])
@@ -308,7 +308,7 @@ def test_pass_one_shared_prefix_cache_is_exact():
 def test_pass_one_rows_stop_once_answered():
     model, tokenizer = tiny_experts()
     texts = [render(tokenizer, chat(q)) for q in QUESTIONS[:3]]
-    completions, _, generated = greedy_texts(model, tokenizer, texts, ["math"] * 3, max_new_tokens=8,
+    completions, generated, _ = greedy_texts(model, tokenizer, texts, ["math"] * 3, max_new_tokens=8,
                                              stop_when=lambda text: len(text.split()) >= 2)  # fmt: skip
     assert [len(c.split()) for c in completions] == [2, 2, 2]
     assert all(len(g) < 8 and g[-1] != tokenizer.pad_token_id for g in generated)

@@ -23,14 +23,13 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..prompts import render
 from ..tasks.rewards import checked_reward_call
-from .generation import greedy_texts, preserved_state
+from .generation import greedy_texts
 from .mixing import Alpha, layer_names, mix_svf_adapters, temporary_mixtures
 
 if TYPE_CHECKING:
@@ -162,47 +161,6 @@ def _correct(
     return [bool(t > 0) for t in totals]
 
 
-@torch.inference_mode()
-def _log_likelihoods(
-    adaptive_model: SelfAdaptiveModel,
-    prompt_ids: list[torch.Tensor],
-    generated: list[torch.Tensor],
-    rows: list[str],
-    batch_size: int | None,
-) -> list[tuple[float, int]]:
-    """(sum of log-probabilities, token count) of each row's generated tokens under the row's adapter."""
-    model, device = adaptive_model.model, adaptive_model.device
-    pad = adaptive_model.tokenizer.pad_token_id
-    size = batch_size or len(rows) or 1
-    results = []
-    with preserved_state(model):
-        for start in range(0, len(rows), size):
-            seqs = [
-                torch.cat([p, g])
-                for p, g in zip(
-                    prompt_ids[start : start + size], generated[start : start + size], strict=True
-                )
-            ]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long, device=device)
-            mask = torch.zeros_like(ids)
-            for i, s in enumerate(seqs):
-                ids[i, width - len(s) :], mask[i, width - len(s) :] = s, 1
-            positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            # Logits only where a generated token is predicted, and no log-softmax tensor: the whole vocabulary
-            # at every position of a CEM generation's 96 rows is gigabytes, twice (benchmarks/cem_scoring_memory.py).
-            longest = max(len(g) for g in generated[start : start + size])
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1,
-                           adapter_names=rows[start : start + size]).logits.float()  # fmt: skip
-            predicting = logits[:, :-1]  # position j predicts token j + 1
-            targets = ids[:, width - longest :, None]
-            logp = (predicting.gather(-1, targets) - predicting.logsumexp(-1, keepdim=True))[..., 0]
-            for i, g in enumerate(generated[start : start + size]):
-                n = len(g)
-                results.append((logp[i, longest - n :].sum().item() if n else 0.0, n))
-    return results
-
-
 def evaluate_population(
     adaptive_model: SelfAdaptiveModel,
     alphas: Sequence[Alpha],
@@ -228,25 +186,21 @@ def evaluate_population(
     rows = [name for name in names for _ in texts]
     with temporary_mixtures(adaptive_model.model, dict(zip(names, alphas, strict=True))):
         if batched:
-            completions, prompt_ids, generated = greedy_texts(
-                adaptive_model.model, adaptive_model.tokenizer, texts * len(names), rows, max_new_tokens=max_new_tokens,
-                batch_size=batch_size, per_row_rank=per_row_rank)  # fmt: skip
+            outs = [greedy_texts(adaptive_model.model, adaptive_model.tokenizer, texts * len(names), rows,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, per_row_rank=per_row_rank,
+                                 log_likelihoods=True)]  # fmt: skip
         else:
-            completions, prompt_ids, generated = [], [], []
-            for name in names:
-                c, p, g = greedy_texts(adaptive_model.model, adaptive_model.tokenizer, texts, [name] * len(texts),
-                                       max_new_tokens=max_new_tokens, batch_size=batch_size, merge=adaptive_model.merge)  # fmt: skip
-                completions += c
-                prompt_ids += p
-                generated += g
-        correct = _correct(funcs, data, completions, len(names))
-        hits = [i for i, ok in enumerate(correct) if ok]
-        scored = _log_likelihoods(adaptive_model, [prompt_ids[i] for i in hits], [generated[i] for i in hits],
-                                  [rows[i] for i in hits], batch_size)  # fmt: skip
+            outs = [greedy_texts(adaptive_model.model, adaptive_model.tokenizer, texts, [name] * len(texts),
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, merge=adaptive_model.merge,
+                                 log_likelihoods=True) for name in names]  # fmt: skip
+    completions = [c for out in outs for c in out.completions]
+    lengths = [len(g) for out in outs for g in out.generated]
+    log_likelihoods = [ll for out in outs for ll in out.log_likelihoods]
+    correct = _correct(funcs, data, completions, len(names))
     totals = {name: [0.0, 0] for name in names}
-    for i, (logp, count) in zip(hits, scored, strict=True):
-        totals[rows[i]][0] += logp
-        totals[rows[i]][1] += count
+    for i in (i for i, ok in enumerate(correct) if ok):
+        totals[rows[i]][0] += log_likelihoods[i]
+        totals[rows[i]][1] += lengths[i]
     n = len(texts)
     return [
         MemberScore(

@@ -141,9 +141,9 @@ class PromptDispatcher(Dispatcher):
             return []
         texts = self.pass_one_texts(prompts)
         rows = [self.adapter_name or BASE] * len(texts)
-        answers, _, _ = greedy_texts(
+        answers = greedy_texts(
             adaptive_model.model, adaptive_model.tokenizer, texts, rows, max_new_tokens=self.max_new_tokens,
-            batch_size=self.batch_size, share_prefix=True, stop_when=self._answered)  # fmt: skip
+            batch_size=self.batch_size, share_prefix=True, stop_when=self._answered).completions  # fmt: skip
         decisions = []
         for answer in answers:
             text = self.assistant_prefix + answer

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from peft import PeftModel
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ..svf.merging import merged_for_inference
 from ..svf.mixed_batch import per_row_adapters
@@ -148,6 +148,26 @@ class _RowsDone(StoppingCriteria):
         return torch.tensor([self.done(t) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
+class _ChosenTokenLogProbs(LogitsProcessor):
+    """Records, at each decoding step, the log-probability of the token greedy decoding picks (the top score):
+    the log-likelihood of a greedy completion without a second forward over prompt and completion."""
+
+    def __init__(self) -> None:
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.steps.append(scores.max(-1).values - scores.logsumexp(-1))
+        return scores
+
+
+class GreedyTexts(NamedTuple):
+    """What :func:`greedy_texts` returns, one entry per row in input order."""
+
+    completions: list[str]
+    generated: list[torch.Tensor]  # token ids, up to and including the first end-of-sequence token
+    log_likelihoods: list[float] | None  # sum of the generated tokens' log-probabilities, when asked for
+
+
 def greedy_texts(
     model: PeftModel,
     tokenizer: Any,
@@ -160,13 +180,16 @@ def greedy_texts(
     per_row_rank: int | float | None = None,
     share_prefix: bool = False,
     stop_when: Callable[[str], bool] | None = None,
-) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
+    log_likelihoods: bool = False,
+) -> GreedyTexts:
     """Greedy completions of rendered ``texts`` (row ``i`` under adapter ``rows[i]``), in input order.
 
     ``share_prefix``: when a chunk's rows share one adapter, the tokens they all start with (pass 1's
     long classification instructions) are run once and their KV cache reused by every row, which is
-    exact. ``stop_when(text)`` ends a row early. ``per_row_rank``: see :func:`routed_generate`. Returns the decoded completions, each row's prompt ids
-    and its generated ids (up to and including the first end-of-sequence token).
+    exact. ``stop_when(text)`` ends a row early. ``per_row_rank``: see :func:`routed_generate`.
+    ``log_likelihoods``: also each completion's log-likelihood under the distribution it was decoded from,
+    taken from the decoding steps' scores (CEM's tie-break; a scoring forward afterwards would cost as much
+    as the prompts' prefill again, and its logits memory).
     """
     pad = ensure_pad_token(tokenizer)
     device = next(model.parameters()).device
@@ -175,7 +198,7 @@ def greedy_texts(
     size = batch_size or len(texts)
     greedy = {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": None, "top_p": None,
               "top_k": None, "pad_token_id": pad}  # fmt: skip
-    completions, prompts, generated = [], [], []
+    completions, generated, sums = [], [], []
     for start in range(0, len(texts), size):
         chunk, chunk_rows = token_rows[start : start + size], list(rows[start : start + size])
         shared = shared_prefix_length(chunk) if share_prefix and len(set(chunk_rows)) == 1 else 0
@@ -185,6 +208,9 @@ def greedy_texts(
         width = ids.shape[1]
         if stop_when is not None:
             greedy["stopping_criteria"] = StoppingCriteriaList([_RowsDone(tokenizer, width, stop_when)])
+        recorder = _ChosenTokenLogProbs()
+        if log_likelihoods:
+            greedy["logits_processor"] = LogitsProcessorList([recorder])
         with torch.inference_mode():
             if shared:
                 tokens = shared + suffix_ids.numel() + len(chunk) * max_new_tokens
@@ -194,16 +220,18 @@ def greedy_texts(
             else:
                 out = routed_generate(model, chunk_rows, merge=merge, per_row_rank=per_row_rank,
                                       input_ids=ids, attention_mask=mask, **greedy)  # fmt: skip
-        for row, sequence in zip(chunk, out, strict=True):
+        steps = torch.stack(recorder.steps, 1) if recorder.steps else None  # (rows, decoding steps)
+        for i, sequence in enumerate(out):
             new = sequence[width:]
             stops = [j for j, token in enumerate(new.tolist()) if token in eos_ids]
             new = new[: stops[0] + 1] if stops else new
             while stop_when is not None and len(new) and new[-1] == pad:  # rows stopped early are padded
                 new = new[:-1]
-            prompts.append(torch.tensor(row, dtype=torch.long, device=device))
             generated.append(new)
             completions.append(tokenizer.decode(new, skip_special_tokens=True))
-    return completions, prompts, generated
+            if steps is not None:
+                sums.append(steps[i, : len(new)].sum().item())
+    return GreedyTexts(completions, generated, sums if log_likelihoods else None)
 
 
 @torch.inference_mode()
