@@ -208,8 +208,8 @@ def greedy_texts(
         width = ids.shape[1]
         if stop_when is not None:
             greedy["stopping_criteria"] = StoppingCriteriaList([_RowsDone(tokenizer, width, stop_when)])
-        recorder = _ChosenTokenLogProbs()
-        if log_likelihoods:
+        recorder = _ChosenTokenLogProbs() if log_likelihoods else None
+        if recorder is not None:
             greedy["logits_processor"] = LogitsProcessorList([recorder])
         with torch.inference_mode():
             if shared:
@@ -220,7 +220,8 @@ def greedy_texts(
             else:
                 out = routed_generate(model, chunk_rows, merge=merge, per_row_rank=per_row_rank,
                                       input_ids=ids, attention_mask=mask, **greedy)  # fmt: skip
-        steps = torch.stack(recorder.steps, 1) if recorder.steps else None  # (rows, decoding steps)
+        # (rows, decoding steps); None when nothing was asked for or no step ran (then every row is empty)
+        steps = torch.stack(recorder.steps, 1) if recorder is not None and recorder.steps else None
         for i, sequence in enumerate(out):
             new = sequence[width:]
             stops = [j for j, token in enumerate(new.tolist()) if token in eos_ids]
@@ -229,8 +230,8 @@ def greedy_texts(
                 new = new[:-1]
             generated.append(new)
             completions.append(tokenizer.decode(new, skip_special_tokens=True))
-            if steps is not None:
-                sums.append(steps[i, : len(new)].sum().item())
+            if recorder is not None:  # step j scored token j of every row
+                sums.append(steps[i, : len(new)].sum().item() if len(new) else 0.0)
     return GreedyTexts(completions, generated, sums if log_likelihoods else None)
 
 
