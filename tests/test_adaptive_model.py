@@ -26,7 +26,8 @@ from peft_svf.adaptive import (
     mix_svf_adapters,
 )
 from peft_svf.adaptive.dispatch import label_first_tokens
-from peft_svf.adaptive.generation import GreedyTexts, greedy_texts, last_token_logits, shared_prefix_length
+from peft_svf.adaptive.generation import GreedyTexts, greedy_texts, last_token_logits
+from peft_svf.prefix import shared_prefix_length
 from peft_svf.prompts import questions_from_ids, render
 from peft_svf.svf.merging import worth_merging
 from peft_svf.tasks import evaluate, generate_completions

@@ -1,5 +1,7 @@
 """Two CPU processes (gloo) with half the per-device batch train the same vectors as one process.
 
+The prompts share an instruction prefix, so the prefix-cache forward runs under DDP too.
+
 Run by pytest, this file launches itself through ``accelerate launch``; run as a script, it trains.
 """
 
@@ -22,7 +24,9 @@ def _train(output: Path, per_device_batch: int) -> None:
     """Train on the shared toy task and save the adapter vectors from the main process."""
     trainer = make_trainer(
         str(output / "run"),
-        train_dataset=Dataset.from_dict({"prompt": prompts(48)}),
+        # A common instruction: each process runs it once per batch and shares its cache (SVFTrainer's
+        # share_prompt_prefix), so DDP sees two forwards of the model before each backward.
+        train_dataset=Dataset.from_dict({"prompt": prompts(48, prefix="continue these letters: ")}),
         per_device_train_batch_size=per_device_batch,
         gradient_accumulation_steps=2,
         max_steps=STEPS,

@@ -93,10 +93,10 @@ def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 LEARNING_RATES = {"svf": 0.3, "lora": 0.05}
 
 
-def prompts(n: int, seed: int = 0) -> list[str]:
-    """Random 6-letter prompts, all the same length so that batches never need padding."""
+def prompts(n: int, seed: int = 0, prefix: str = "") -> list[str]:
+    """Random 6-letter prompts after ``prefix``, all the same length so that batches never need padding."""
     rng = random.Random(seed)
-    return ["".join(rng.choice("abcdefgh") for _ in range(6)) for _ in range(n)]
+    return [prefix + "".join(rng.choice("abcdefgh") for _ in range(6)) for _ in range(n)]
 
 
 def starts_with(completions: list[Any], target: list[str] | None = None, **kwargs: Any) -> list[float]:

@@ -16,13 +16,11 @@ import torch
 from peft import PeftModel
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from ..prefix import positions_from_mask, prefix_cache, prefix_layout, shared_prefix_length
 from ..svf.merging import merged_for_inference
 from ..svf.mixed_batch import per_row_adapters
 from ..tokens import ensure_pad_token, eos_token_ids
 from .mixing import BASE, svf_layers
-
-# Below this many common tokens, caching a shared prompt prefix is not worth a separate forward pass.
-MIN_SHARED_PREFIX = 16
 
 
 @contextmanager
@@ -109,34 +107,6 @@ def routed_generate(
         return model.generate(**generate_kwargs, adapter_names=names)
 
 
-def _left_pad(
-    rows: Sequence[Sequence[int]], pad: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long), 1
-    return ids.to(device), mask.to(device)
-
-
-def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least one token of its own."""
-    limit = min(len(r) for r in rows) - 1
-    n = 0
-    while n < limit and all(r[n] == rows[0][n] for r in rows):
-        n += 1
-    return n if n >= MIN_SHARED_PREFIX else 0
-
-
-def _prefix_cache(model: PeftModel, prefix: Sequence[int], batch: int, device: torch.device) -> Any:
-    """The KV cache of ``prefix``, computed once and repeated for ``batch`` rows."""
-    out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True)
-    cache = out.cache if "cache" in out else out.past_key_values
-    cache.batch_repeat_interleave(batch)
-    return cache
-
-
 class _RowsDone(StoppingCriteria):
     """Per-row stop once the text generated so far satisfies ``done`` (e.g. holds a complete ``\\boxed{}``)."""
 
@@ -202,9 +172,7 @@ def greedy_texts(
     for start in range(0, len(texts), size):
         chunk, chunk_rows = token_rows[start : start + size], list(rows[start : start + size])
         shared = shared_prefix_length(chunk) if share_prefix and len(set(chunk_rows)) == 1 else 0
-        suffix_ids, suffix_mask = _left_pad([r[shared:] for r in chunk], pad, device)
-        prefix = torch.tensor([chunk[0][:shared]] * len(chunk), dtype=torch.long, device=device)
-        ids, mask = torch.cat([prefix, suffix_ids], 1), torch.cat([torch.ones_like(prefix), suffix_mask], 1)
+        ids, mask = prefix_layout(chunk, shared, pad, device)
         width = ids.shape[1]
         if stop_when is not None:
             greedy["stopping_criteria"] = StoppingCriteriaList([_RowsDone(tokenizer, width, stop_when)])
@@ -213,9 +181,9 @@ def greedy_texts(
             greedy["logits_processor"] = LogitsProcessorList([recorder])
         with torch.inference_mode():
             if shared:
-                tokens = shared + suffix_ids.numel() + len(chunk) * max_new_tokens
+                tokens = shared + ids[:, shared:].numel() + len(chunk) * max_new_tokens
                 with single_adapter(model, chunk_rows[0], merge, tokens):
-                    cache = _prefix_cache(model, chunk[0][:shared], len(chunk), device)
+                    cache = prefix_cache(model, chunk[0][:shared], len(chunk))
                     out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, **greedy)
             else:
                 out = routed_generate(model, chunk_rows, merge=merge, per_row_rank=per_row_rank,
@@ -251,12 +219,13 @@ def last_token_logits(
     for start in range(0, len(token_rows), size):
         chunk = token_rows[start : start + size]
         shared = shared_prefix_length(chunk)
-        ids, mask = _left_pad([r[shared:] for r in chunk], pad, device)
+        ids, mask = prefix_layout(chunk, shared, pad, device)
         kwargs: dict[str, Any] = {}
         if shared:
-            kwargs["cache"] = _prefix_cache(model, chunk[0][:shared], len(chunk), device)
-            mask = torch.cat([torch.ones((len(chunk), shared), dtype=torch.long, device=device), mask], 1)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, shared:]
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **kwargs)
+            kwargs["cache"] = prefix_cache(model, ids[0, :shared], len(chunk))
+        positions = positions_from_mask(mask)[:, shared:]
+        out = model(
+            input_ids=ids[:, shared:], attention_mask=mask, position_ids=positions, logits_to_keep=1, **kwargs
+        )
         result.append(out.logits[:, -1].float())
     return torch.cat(result)

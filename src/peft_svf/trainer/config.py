@@ -113,9 +113,17 @@ class SVFTrainingConfig(TrainingArguments):
     merge_adapter_for_generation: bool = field(
         default=True,
         metadata={
-            "help": "Merge the adapter into the weights for rollouts (base-model speed), unmerge after. Each "
-            "merge/unmerge leaves float rounding (about 1e-7 relative) in the base weights; False generates "
-            "through the adapter's own forward instead, slower but bit-for-bit reproducible across resumes."
+            "help": "Merge the adapter into the weights for rollouts (base-model speed); the original weight "
+            "tensors are put back after, so nothing is rounded. False generates through the adapter's own "
+            "forward instead (slower); weights that cannot be merged exactly (quantised, tied) always do."
+        },
+    )
+    share_prompt_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "When a batch's prompts start with the same tokens (at least 16: shared instructions, a chat "
+            "template's system text), run them once per rollout, update and KL forward and reuse their KV cache "
+            "for every row. Exact up to float rounding; off under gradient checkpointing, which drops caches."
         },
     )
     loss_type: LossType = field(

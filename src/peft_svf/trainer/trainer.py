@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rota
 from trl.data_utils import is_conversational
 from trl.trainer.utils import identity, selective_log_softmax
 
+from ..prefix import can_share_prefix, positions_from_mask, prefix_cache, prefix_layout, shared_prefix_length
 from ..prompts import render
 from ..svf.merging import merged_for_inference
 from ..tasks.rewards import RewardFunc, checked_reward_call, reward_name
@@ -180,19 +181,13 @@ class SVFTrainer(Trainer):
         prompts = [row["prompt"] for row in rows]
         texts = [render(self.processing_class, p) for p in prompts]
         conversational = is_conversational({"prompt": prompts[0]})
-        encoded = self.processing_class(
-            text=texts,
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=not conversational,  # a chat template already writes its special tokens
-        )
-        prompt_ids, prompt_mask = encoded["input_ids"], encoded["attention_mask"]
+        # A chat template already writes its special tokens.
+        token_rows = self.processing_class(text=texts, add_special_tokens=not conversational)["input_ids"]
         if self.args.max_prompt_length is not None:
-            prompt_ids = prompt_ids[:, -self.args.max_prompt_length :]
-            prompt_mask = prompt_mask[:, -self.args.max_prompt_length :]
+            token_rows = [row[-self.args.max_prompt_length :] for row in token_rows]
+        shared = shared_prefix_length(token_rows) if self.args.share_prompt_prefix else 0
         device = self.accelerator.device
-        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        prompt_ids, prompt_mask = prefix_layout(token_rows, shared, self.processing_class.pad_token_id, device)
 
         generation_config = GenerationConfig(
             max_new_tokens=self.args.max_completion_length,
@@ -210,11 +205,13 @@ class SVFTrainer(Trainer):
                 seeds, self.args.temperature, self.args.top_k, self.args.top_p
             )
         with torch.no_grad(), self._generation_model() as model:
+            cache = {"cache": prefix_cache(model, prompt_ids[0, :shared], len(rows))} if shared else {}
             output = model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
                 generation_config=generation_config,
                 logits_processor=processors,
+                **cache,
             )
         completion_ids = output[:, prompt_ids.size(1) :]
         mask = completion_mask(completion_ids, self.eos_token_ids)
@@ -234,6 +231,7 @@ class SVFTrainer(Trainer):
         return {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
+            "shared_prefix_length": shared,
             "completion_ids": completion_ids,
             "completion_mask": mask,
             "rewards_per_func": rewards,
@@ -269,6 +267,7 @@ class SVFTrainer(Trainer):
         return {
             "prompt_ids": rollout["prompt_ids"],
             "prompt_mask": rollout["prompt_mask"],
+            "shared_prefix_length": rollout["shared_prefix_length"],
             "completion_ids": rollout["completion_ids"],
             "completion_mask": rollout["completion_mask"],
             "advantages": advantages[offset : offset + local],
@@ -276,14 +275,26 @@ class SVFTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------- loss
 
-    def _completion_logits(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Temperature-scaled float logits at every completion position, shape (batch, completion, vocab)."""
+    def _completion_logits(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """Temperature-scaled float logits at every completion position, shape (batch, completion, vocab).
+
+        Positions are those the rollout's ``generate`` used (counted over real tokens), and a prompt prefix
+        shared by every row runs once, its KV cache repeated for the rows (gradients flow through it).
+        """
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        position_ids = positions_from_mask(attention_mask)
         # As TRL does: the LM head runs only where a completion token is predicted, not over the prompt.
         keep = inputs["completion_ids"].size(1) + 1
+        shared = inputs.get("shared_prefix_length", 0) if can_share_prefix(model) else 0
+        cache = {"cache": prefix_cache(model, input_ids[0, :shared], len(input_ids))} if shared else {}
         logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
+            input_ids=input_ids[:, shared:],
+            attention_mask=attention_mask,
+            position_ids=position_ids[:, shared:],
+            use_cache=bool(shared),
+            logits_to_keep=keep,
+            **cache,
         ).logits
         return logits[:, -keep:-1, :].float() / self.args.temperature
 
