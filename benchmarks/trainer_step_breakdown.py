@@ -9,6 +9,8 @@ the variants round-robin so that machine noise hits them alike. Prints a table a
     python benchmarks/trainer_step_breakdown.py                    # embedded SmolLM2, 8 prompts x 32 tokens
     OMP_NUM_THREADS=1 python benchmarks/trainer_step_breakdown.py --batch 8 --max-new-tokens 16 --steps 3 --rounds 2
     python benchmarks/trainer_step_breakdown.py --batch 16 --max-new-tokens 64 --steps 6 --rounds 3
+    python benchmarks/trainer_step_breakdown.py --task task_id --batch 16 --max-new-tokens 32 --beta 0 \\
+        --variants "SVF, whole prompts" SVF                        # z_c's rows: the shared prompt prefix
 """
 
 from __future__ import annotations
@@ -27,23 +29,29 @@ from peft import LoraConfig
 
 from peft_svf import SVFConfig
 from peft_svf.embedded import load_embedded_model
+from peft_svf.pipeline.config import DEFAULT_EXPERT_TASKS
 from peft_svf.tasks import get_task
+from peft_svf.tasks.classification import build_task_id_dataset, task_id_reward
 from peft_svf.trainer import SVFTrainer, SVFTrainingConfig
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the paper's LoRA comparison: attention, r=16
-VARIANTS: dict[str, tuple[Any, bool]] = {
-    # name: (adapter config factory, merge adapter for generation)
-    "SVF": (lambda: SVFConfig(init_noise_std=0.01), True),
-    "SVF, unmerged rollouts": (lambda: SVFConfig(init_noise_std=0.01), False),
+VARIANTS: dict[str, tuple[Any, dict[str, Any]]] = {
+    # name: (adapter config factory, SVFTrainingConfig settings that differ from the defaults)
+    "SVF": (lambda: SVFConfig(init_noise_std=0.01), {}),
+    "SVF, unmerged rollouts": (lambda: SVFConfig(init_noise_std=0.01), {"merge_adapter_for_generation": False}),
     # What "auto" chose in training before it could drop W x (2026-12-06): a recomposed weight on every layer.
-    "SVF, recompose": (lambda: SVFConfig(init_noise_std=0.01, forward_mode="recompose"), True),
+    "SVF, recompose": (lambda: SVFConfig(init_noise_std=0.01, forward_mode="recompose"), {}),
     # W freed: the forward is U diag(s') V^T x alone, no W x plus a change (docs/svf.md, "keep_base_weight").
-    "SVF, W freed": (lambda: SVFConfig(init_noise_std=0.01, keep_base_weight=False), True),
+    "SVF, W freed": (lambda: SVFConfig(init_noise_std=0.01, keep_base_weight=False), {}),
+    # Every row runs its whole prompt, as before the trainer shared a common prompt prefix (2026-12-07).
+    "SVF, whole prompts": (lambda: SVFConfig(init_noise_std=0.01), {"share_prompt_prefix": False}),
     "LoRA r=16 attn": (
         lambda: LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS),
-        True,
+        {},
     ),
 }
+# The task-identification rows z_c trains on: ~180 tokens of classification instructions, then the question.
+TASK_ID = "task_id"
 PARTS = ("rollout", "logprob_fwd_bwd", "kl", "step")
 
 
@@ -51,7 +59,7 @@ def run_variant(
     base, tokenizer, name: str, data, reward, args: argparse.Namespace, workdir: str
 ) -> list[dict]:
     """Train ``args.steps`` steps of one variant; per-step seconds of each part (warm-up step dropped)."""
-    make_config, merge = VARIANTS[name]
+    make_config, settings = VARIANTS[name]
     trainer = SVFTrainer(
         copy.deepcopy(base),
         reward,
@@ -63,7 +71,7 @@ def run_variant(
             learning_rate=1e-12,
             max_completion_length=args.max_new_tokens,
             beta=args.beta,
-            merge_adapter_for_generation=merge,
+            **settings,
             report_to=[],
             save_strategy="no",
             disable_tqdm=True,
@@ -93,7 +101,8 @@ def run_variant(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="offline_math")
+    parser.add_argument("--task", default="offline_math", help=f"a task's train split, or {TASK_ID!r} (z_c's rows)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--batch", type=int, default=8, help="prompts per step")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="steps per variant per round (first is warm-up)")
@@ -106,40 +115,48 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     base, tokenizer = load_embedded_model()
-    task = get_task(args.task)
-    data = task.load("train").select(range(args.batch * args.steps))
-    results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    rows = args.batch * args.steps
+    if args.task == TASK_ID:
+        data = build_task_id_dataset(DEFAULT_EXPERT_TASKS, n_per_task=-(-rows // len(DEFAULT_EXPERT_TASKS)))
+        data, reward = data.shuffle(seed=0).select(range(rows)), task_id_reward()
+    else:
+        task = get_task(args.task)
+        data, reward = task.load("train").select(range(rows)), task.reward
+    results: dict[str, list[dict]] = {name: [] for name in args.variants}
     started = time.time()
     with tempfile.TemporaryDirectory() as workdir:
         for _ in range(args.rounds):
-            for name in VARIANTS:
-                results[name] += run_variant(base, tokenizer, name, data, task.reward, args, workdir)
+            for name in args.variants:
+                results[name] += run_variant(base, tokenizer, name, data, reward, args, workdir)
 
-    reference = statistics.median(r["step"] for r in results["LoRA r=16 attn"])
+    reference_name = "LoRA r=16 attn" if "LoRA r=16 attn" in results else args.variants[0]
+    reference = statistics.median(r["step"] for r in results[reference_name])
     summary = {}
     for name, rows in results.items():
         medians = {part: statistics.median(r[part] for r in rows) for part in PARTS}
         summary[name] = {
             **{f"{part}_s": value for part, value in medians.items()},
             **{f"{part}_share": medians[part] / medians["step"] for part in PARTS[:3]},
-            "step_vs_lora": medians["step"] / reference,
+            "step_vs_reference": medians["step"] / reference,
             "completion_tokens_per_step": statistics.median(r["completion_tokens"] for r in rows),
             "trainable_parameters": rows[0]["trainable"],
             "steps_measured": len(rows),
         }
 
-    header = f"{'variant':<24}{'params':>10}{'rollout s':>11}{'fwd/bwd s':>11}{'KL s':>8}{'step s':>9}{'vs LoRA':>9}{'tokens':>8}"
+    header = f"{'variant':<24}{'params':>10}{'rollout s':>11}{'fwd/bwd s':>11}{'KL s':>8}{'step s':>9}{'vs ref':>9}{'tokens':>8}"
     print(header)
     for name, s in summary.items():
         print(
             f"{name:<24}{s['trainable_parameters']:>10,}{s['rollout_s']:>11.3f}{s['logprob_fwd_bwd_s']:>11.3f}"
-            f"{s['kl_s']:>8.3f}{s['step_s']:>9.3f}{s['step_vs_lora']:>9.2f}{s['completion_tokens_per_step']:>8.0f}"
+            f"{s['kl_s']:>8.3f}{s['step_s']:>9.3f}{s['step_vs_reference']:>9.2f}{s['completion_tokens_per_step']:>8.0f}"
         )
     for name, s in summary.items():
         shares = ", ".join(f"{part} {100 * s[f'{part}_share']:.0f}%" for part in PARTS[:3])
         print(f"{name}: {shares}")
+    print(f"vs ref: each variant's step over {reference_name}'s")
     report = {
         "settings": {**{k: str(v) for k, v in vars(args).items()}, "torch_threads": torch.get_num_threads()},
+        "reference": reference_name,
         "summary": summary,
         "per_step": results,
         "wall_s": time.time() - started,
