@@ -11,9 +11,9 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from trainer_fixtures import make_trainer, tiny_llama, tiny_tokenizer
 
 from peft_svf.prefix import MIN_SHARED_PREFIX
+from trainer_fixtures import make_trainer, tiny_llama, tiny_tokenizer
 
 PREFIX = "answer with one letter, then stop: "
 TEMPERATURE = 0.7
@@ -95,3 +95,12 @@ def test_rollouts_with_a_shared_prefix_are_the_rollouts_of_whole_rows(tmp_path):
         assert (results[True, sample][2], results[False, sample][2]) == (len(PREFIX), 0)
     assert results[True, True][0] != results[True, False][0]  # sampling is not greedy decoding here
 
+
+
+def test_prompts_over_max_prompt_length_keep_their_last_tokens(tmp_path):
+    trainer = make_trainer(str(tmp_path), max_prompt_length=30, max_completion_length=2)
+    prompts = [PREFIX + "abc", "abcdefgh", PREFIX + "abcdefgh"]  # 38, 8 and 43 tokens
+    rollout = trainer._generate([{"prompt": p} for p in prompts], num_generations=1, sample=False)
+    kept = [ids[m.bool()].tolist() for ids, m in zip(rollout["prompt_ids"], rollout["prompt_mask"], strict=True)]
+    assert kept == [trainer.processing_class(p)["input_ids"][-30:] for p in prompts]
+    assert [len(k) for k in kept] == [30, 8, 30]
