@@ -115,13 +115,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     base, tokenizer = load_embedded_model()
-    rows = args.batch * args.steps
+    n_prompts = args.batch * args.steps
     if args.task == TASK_ID:
-        data = build_task_id_dataset(DEFAULT_EXPERT_TASKS, n_per_task=-(-rows // len(DEFAULT_EXPERT_TASKS)))
-        data, reward = data.shuffle(seed=0).select(range(rows)), task_id_reward()
+        per_task = -(-n_prompts // len(DEFAULT_EXPERT_TASKS))
+        data = build_task_id_dataset(DEFAULT_EXPERT_TASKS, n_per_task=per_task)
+        data, reward = data.shuffle(seed=0).select(range(n_prompts)), task_id_reward()
     else:
         task = get_task(args.task)
-        data, reward = task.load("train").select(range(rows)), task.reward
+        data, reward = task.load("train").select(range(n_prompts)), task.reward
     results: dict[str, list[dict]] = {name: [] for name in args.variants}
     started = time.time()
     with tempfile.TemporaryDirectory() as workdir:

@@ -96,7 +96,6 @@ def test_rollouts_with_a_shared_prefix_are_the_rollouts_of_whole_rows(tmp_path):
     assert results[True, True][0] != results[True, False][0]  # sampling is not greedy decoding here
 
 
-
 def test_prompts_over_max_prompt_length_keep_their_last_tokens(tmp_path):
     trainer = make_trainer(str(tmp_path), max_prompt_length=30, max_completion_length=2)
     prompts = [PREFIX + "abc", "abcdefgh", PREFIX + "abcdefgh"]  # 38, 8 and 43 tokens
