@@ -71,3 +71,42 @@ def can_share_prefix(model: torch.nn.Module) -> bool:
     if not (torch.is_grad_enabled() and model.training):
         return True
     return not any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
+
+
+def _is_left_padded(mask: torch.Tensor) -> bool:
+    """Every row's real tokens are its last ones (what ``generate`` expects of a decoder-only batch)."""
+    width = mask.size(1)
+    real = mask.sum(dim=1, keepdim=True)
+    return torch.equal(mask.bool(), torch.arange(width, device=mask.device) >= width - real)
+
+
+def generate_sharing_prefix(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **generate_kwargs: Any
+) -> Any:
+    """``model.generate`` for a left-padded batch, the prompts' common prefix run once for all rows.
+
+    The rows are laid out again (prefix, padding, each row's own tokens; the width unchanged), so the returned
+    sequences carry their padding between prefix and the rest of the prompt; the generated columns are where
+    a plain call puts them. A plain call is made where there is nothing to share, where ``generate`` would
+    expand the rows (several sequences per prompt, beams), where the call brings its own cache, or where rows
+    carry different adapters (``adapter_names``): the one prefix forward could not serve them.
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    plain = dict(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+    config = model.generation_config
+    expands = any(
+        (generate_kwargs.get(key) or getattr(config, key, 1) or 1) > 1
+        for key in ("num_return_sequences", "num_beams")
+    )
+    unshareable = any(key in generate_kwargs for key in ("cache", "past_key_values", "adapter_names"))
+    if input_ids.size(0) < 2 or expands or unshareable or not _is_left_padded(attention_mask):
+        return model.generate(**plain)
+    rows = [ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask, strict=True)]
+    shared = shared_prefix_length(rows)
+    if not shared or max(map(len, rows)) != input_ids.size(1):
+        return model.generate(**plain)
+    padding = input_ids[attention_mask == 0]  # the caller's pad id (any id would do: masked out)
+    ids, mask = prefix_layout(rows, shared, int(padding[0]) if len(padding) else 0, input_ids.device)
+    cache = prefix_cache(model, rows[0][:shared], len(rows))
+    return model.generate(input_ids=ids, attention_mask=mask, cache=cache, **generate_kwargs)

@@ -16,7 +16,13 @@ import torch
 from peft import PeftModel
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ..prefix import positions_from_mask, prefix_cache, prefix_layout, shared_prefix_length
+from ..prefix import (
+    generate_sharing_prefix,
+    positions_from_mask,
+    prefix_cache,
+    prefix_layout,
+    shared_prefix_length,
+)
 from ..svf.merging import merged_for_inference
 from ..svf.mixed_batch import per_row_adapters
 from ..tokens import ensure_pad_token, eos_token_ids
@@ -87,9 +93,13 @@ def routed_generate(
     *,
     merge: Merge = "auto",
     per_row_rank: int | float | None = None,
+    share_prefix: bool = True,
     **generate_kwargs: Any,
 ) -> Any:
     """``model.generate(**generate_kwargs)`` with row ``i`` under adapter ``rows[i]``, in one call.
+
+    ``share_prefix``: when every row has the same adapter, the tokens all prompts start with run once
+    (:func:`~peft_svf.prefix.generate_sharing_prefix`: chat templates repeat their system text in every row).
 
     Rows with different adapters use each row's exact change (``per_row_rank=None``), or its best low-rank
     form: an int keeps that many components per layer, a float the fewest that keep that share of the
@@ -100,6 +110,8 @@ def routed_generate(
         new = generate_kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens or 0
         tokens = generate_kwargs["input_ids"].numel() + len(rows) * _expansion(model, generate_kwargs) * new
         with single_adapter(model, rows[0], merge, tokens):
+            if share_prefix:
+                return generate_sharing_prefix(model, **generate_kwargs)
             return model.generate(**generate_kwargs)
     repeat = _expansion(model, generate_kwargs)
     names = [name for name in rows for _ in range(repeat)]
@@ -148,15 +160,15 @@ def greedy_texts(
     batch_size: int | None = None,
     merge: Merge = "auto",
     per_row_rank: int | float | None = None,
-    share_prefix: bool = False,
+    share_prefix: bool = True,
     stop_when: Callable[[str], bool] | None = None,
     log_likelihoods: bool = False,
 ) -> GreedyTexts:
     """Greedy completions of rendered ``texts`` (row ``i`` under adapter ``rows[i]``), in input order.
 
     ``share_prefix``: when a chunk's rows share one adapter, the tokens they all start with (pass 1's
-    long classification instructions) are run once and their KV cache reused by every row, which is
-    exact. ``stop_when(text)`` ends a row early. ``per_row_rank``: see :func:`routed_generate`.
+    long classification instructions) are run once and their KV cache reused by every row
+    (:func:`routed_generate`). ``stop_when(text)`` ends a row early. ``per_row_rank``: see :func:`routed_generate`.
     ``log_likelihoods``: also each completion's log-likelihood under the distribution it was decoded from,
     taken from the decoding steps' scores (CEM's tie-break; a scoring forward afterwards would cost as much
     as the prompts' prefill again, and its logits memory).
@@ -171,8 +183,7 @@ def greedy_texts(
     completions, generated, sums = [], [], []
     for start in range(0, len(texts), size):
         chunk, chunk_rows = token_rows[start : start + size], list(rows[start : start + size])
-        shared = shared_prefix_length(chunk) if share_prefix and len(set(chunk_rows)) == 1 else 0
-        ids, mask = prefix_layout(chunk, shared, pad, device)
+        ids, mask = prefix_layout(chunk, 0, pad, device)
         width = ids.shape[1]
         if stop_when is not None:
             greedy["stopping_criteria"] = StoppingCriteriaList([_RowsDone(tokenizer, width, stop_when)])
@@ -180,14 +191,8 @@ def greedy_texts(
         if recorder is not None:
             greedy["logits_processor"] = LogitsProcessorList([recorder])
         with torch.inference_mode():
-            if shared:
-                tokens = shared + ids[:, shared:].numel() + len(chunk) * max_new_tokens
-                with single_adapter(model, chunk_rows[0], merge, tokens):
-                    cache = prefix_cache(model, chunk[0][:shared], len(chunk))
-                    out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, **greedy)
-            else:
-                out = routed_generate(model, chunk_rows, merge=merge, per_row_rank=per_row_rank,
-                                      input_ids=ids, attention_mask=mask, **greedy)  # fmt: skip
+            out = routed_generate(model, chunk_rows, merge=merge, per_row_rank=per_row_rank, share_prefix=share_prefix,
+                                  input_ids=ids, attention_mask=mask, **greedy)  # fmt: skip
         # (rows, decoding steps); None when nothing was asked for or no step ran (then every row is empty)
         steps = torch.stack(recorder.steps, 1) if recorder is not None and recorder.steps else None
         for i, sequence in enumerate(out):

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from datasets import Dataset
+from peft import PeftModel
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
+from ..prefix import generate_sharing_prefix
 from ..prompts import render
 from ..tokens import ensure_pad_token
 from .registry import Task, get_task
@@ -36,10 +40,13 @@ def generate_completions(
     seed: int | None = None,
     progress: bool = True,
     desc: str = "generate",
+    share_prompt_prefix: bool = True,
 ) -> list[list[str]]:
     """``num_return_sequences`` completions per prompt (chat prompts get the chat template), in input order.
 
     ``batch_size`` counts prompts; a batch generates ``batch_size * num_return_sequences`` sequences.
+    ``share_prompt_prefix``: a model or ``PeftModel`` runs the tokens a batch's prompts start with once
+    (:func:`~peft_svf.prefix.generate_sharing_prefix`); a ``SelfAdaptiveModel`` decides that itself.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -48,6 +55,8 @@ def generate_completions(
     texts = [render(tokenizer, p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     results: list[list[str]] = [[] for _ in texts]
+    plain_model = isinstance(model, PreTrainedModel | PeftModel)
+    generate = partial(generate_sharing_prefix, model) if share_prompt_prefix and plain_model else model.generate
     was_training = model.training
     model.eval()
     try:
@@ -58,8 +67,8 @@ def generate_completions(
                             padding_side="left", add_special_tokens=False).to(device)  # fmt: skip
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
                 "do_sample": False, "temperature": None, "top_p": None, "top_k": None}  # fmt: skip
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
-                                 pad_token_id=pad_id, **sampling)  # fmt: skip
+            out = generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
+                           pad_token_id=pad_id, **sampling)  # fmt: skip
             new = out[:, enc["input_ids"].shape[1] :]
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
             for j, i in enumerate(chunk):
@@ -110,18 +119,21 @@ def evaluate(
     reward: RewardFunc | None = None,
     base_accuracy: float | None = None,
     progress: bool = True,
+    share_prompt_prefix: bool = True,
 ) -> EvalResult:
     """Greedy accuracy of ``model`` on a task's split (or a dataset with ``reward``); the first ``n`` items.
 
     A sample counts as correct when its reward is positive. ``normalized_score`` is
     ``accuracy / base_accuracy`` (the paper's number in parentheses) when ``base_accuracy`` is given.
+    ``share_prompt_prefix``: see :func:`generate_completions` (off: the batched forward of releases before it,
+    whose float rounding can differ on a near-tie).
     """
     data, reward, task_tokens = _resolve(task_or_dataset, split, reward)
     if n is not None:
         data = data.select(range(min(n, len(data))))
     completions = [c[0] for c in generate_completions(
         model, tokenizer, list(data["prompt"]), max_new_tokens=max_new_tokens or task_tokens or 256,
-        batch_size=batch_size, progress=progress, desc="evaluate")]  # fmt: skip
+        batch_size=batch_size, progress=progress, desc="evaluate", share_prompt_prefix=share_prompt_prefix)]  # fmt: skip
     scores = _rewards(reward, data, completions)
     records = [
         {"index": i, "prompt": data[i]["prompt"], "completion": c, "reward": s, "correct": s > 0}
