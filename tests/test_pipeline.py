@@ -12,7 +12,7 @@ from peft_svf.embedded import load_embedded_model
 from peft_svf.pipeline import QUICK, run_pipeline
 from peft_svf.pipeline.report import METHOD_ORDER
 from peft_svf.tasks import evaluate, get_task
-from peft_svf.trainer.recipe import RECIPE_BETAS, TASK_LEARNING_RATES, recipe_learning_rate
+from peft_svf.trainer.recipe import RECIPE_BETAS, TASK_LEARNING_RATES, recipe_candidates, recipe_learning_rate
 
 pytestmark = pytest.mark.embedded
 
@@ -85,6 +85,9 @@ def test_each_expert_trains_at_its_tasks_recipe_rate_and_beta(job):
         rates[task_name], betas[task_name] = results["settings"]["lr"], results["settings"]["beta"]
         assert results["pipeline_settings"]["lr"] == results["settings"]["lr"]
         assert results["pipeline_settings"]["beta"] == results["settings"]["beta"]
+        # TINY trains to the first validation only, where the recipe probes one seed even on offline_code
+        assert results["pipeline_settings"]["candidates"] == results["settings"]["candidates"] == recipe_candidates(
+            "svf", task_name, steps=config.expert_steps, eval_steps=config.expert_eval_steps) == 1  # fmt: skip
     assert rates == {task: recipe_learning_rate("svf", task) for task in config.expert_tasks.values()}
     assert rates["offline_math"] == TASK_LEARNING_RATES[("svf", "offline_math")] != rates["offline_code"]
     assert set(betas.values()) == {RECIPE_BETAS["svf"]}

@@ -57,6 +57,21 @@ def test_the_best_candidate_at_the_first_validation_is_finished_as_if_it_ran_alo
     assert stored["settings"]["candidates"] == 2 and stored["chosen_seed"] == results["chosen_seed"]
 
 
+@pytest.mark.parametrize(("listed", "steps", "probed"), [(True, 4, 2), (True, 2, 1), (False, 4, 1)])
+def test_without_candidates_the_recipe_probes_the_tasks_validated_count(tmp_path, monkeypatch, listed, steps, probed):
+    """``candidates=None``: the count validation chose for the task (``TASK_CANDIDATES``), one for other tasks,
+    and one where training ends at the first validation (a probe would be the whole run, not an error)."""
+    import peft_svf.trainer.recipe as recipe
+
+    tokenizer, task = tiny_tokenizer(), toy_task()
+    table = {("svf", task.name): 2} if listed else {}
+    monkeypatch.setattr(recipe, "TASK_CANDIDATES", table)
+    results = train_expert(tiny_llama(len(tokenizer)), tokenizer, task, tmp_path, **{**SETTINGS, "steps": steps})
+    assert results["settings"]["candidates"] == probed
+    assert len(results.get("candidates", [None])) == probed
+    assert recipe.recipe_candidates("svf", task.name, 3, steps=steps, eval_steps=2) == 3  # given: kept
+
+
 @pytest.mark.parametrize(("candidates", "steps", "match"), [(0, 4, "candidates must be >= 1"),
                                                             (2, 2, "first validation")])  # fmt: skip
 def test_candidates_need_steps_after_the_first_validation(tmp_path, candidates, steps, match):

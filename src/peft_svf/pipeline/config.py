@@ -34,7 +34,9 @@ class PipelineConfig:
     # None: the recipe's KL coefficient (trainer.recipe.recipe_beta)
     expert_beta: float | None = None
     expert_temperature: float = ROLLOUT_TEMPERATURE
-    expert_candidates: int = 1  # seeds probed to the first validation, the best one finished (train_expert)
+    # seeds probed to the first validation, the best one finished; None: the recipe's count for each expert's task
+    # (trainer.recipe.recipe_candidates)
+    expert_candidates: int | None = None
     expert_eval_steps: int = 10
     expert_valid_n: int = 50
     expert_test_n: int = 100  # each expert on its own task's test split, base beside it (Table 1 layout)
@@ -54,11 +56,11 @@ class PipelineConfig:
     cem_generations: int = 3
     cem_elite_ratio: float = 0.2
 
-    def expert_settings(self, lr: float, beta: float) -> dict[str, Any]:
-        """The settings an expert was trained with (``lr``: its task's rate; ``beta``: the resolved KL
+    def expert_settings(self, lr: float, beta: float, candidates: int) -> dict[str, Any]:
+        """The settings an expert was trained with (``lr``, ``candidates``: its task's; ``beta``: the resolved KL
         coefficient); a stored expert is reused only when they match."""
         return dict(steps=self.expert_steps, batch=self.expert_batch, lr=lr, beta=beta,
-                    temperature=self.expert_temperature, candidates=self.expert_candidates,
+                    temperature=self.expert_temperature, candidates=candidates,
                     eval_steps=self.expert_eval_steps,
                     valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..paths import EXPERT_DIR, RESULTS_FILE, as_stored, write_json
 from ..tasks import get_task
-from ..trainer.recipe import recipe_beta, recipe_learning_rate, train_expert
+from ..trainer.recipe import recipe_beta, recipe_candidates, recipe_learning_rate, train_expert
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
     for domain, task_name in config.expert_tasks.items():
         folder = config.output_dir / "experts" / domain
         lr = recipe_learning_rate("svf", task_name, config.expert_lr)
-        settings = config.expert_settings(lr, beta)
+        candidates = recipe_candidates("svf", task_name, config.expert_candidates, steps=config.expert_steps,
+                                       eval_steps=config.expert_eval_steps)  # fmt: skip
+        settings = config.expert_settings(lr, beta, candidates)
         results = _reusable_results(folder, settings)
         if results is None:
             logger.info("training the %s expert on %s", domain, task_name)
@@ -52,7 +54,7 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
             results = train_expert(
                 model, tokenizer, get_task(task_name), folder, steps=config.expert_steps,
                 batch=config.expert_batch, lr=lr, beta=beta, temperature=config.expert_temperature,
-                candidates=config.expert_candidates,
+                candidates=candidates,
                 eval_steps=config.expert_eval_steps, valid_n=config.expert_valid_n,
                 test_n=config.expert_test_n, seed=config.seed,
             )  # fmt: skip

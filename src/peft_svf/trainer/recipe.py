@@ -55,6 +55,22 @@ def recipe_beta(adapter: str, beta: float | None = None) -> float:
     return RECIPE_BETAS[adapter] if beta is None else beta
 
 
+# Seeds probed to the first validation, where validation chose more than one (docs/trainer.md, 2026-12-07): SVF
+# on code, whose weak seeds show at step 10 (a run's validation at 10 is its validation at 30 within 2 points) and
+# stay weak under the KL term. Not reasoning, whose runs still change order after step 10.
+TASK_CANDIDATES = {("svf", "offline_code"): 2}
+
+
+def recipe_candidates(
+    adapter: str, task_name: str, candidates: int | None = None, *, steps: int, eval_steps: int
+) -> int:
+    """The seeds ``train_expert`` probes: ``candidates`` when given, else the task's validated count; one where
+    training ends at its first validation (the probe would be the whole run)."""
+    if candidates is not None:
+        return candidates
+    return TASK_CANDIDATES.get((adapter, task_name), 1) if steps > eval_steps else 1
+
+
 def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
     """SVF on the per-architecture default targets, or the paper's LoRA baseline (r=16, attention)."""
     if kind == "svf":
@@ -96,7 +112,7 @@ def train_expert(
     batch: int = 16,
     num_generations: int = 1,
     advantage_baseline: str = "batch_mean",
-    candidates: int = 1,
+    candidates: int | None = None,
     lr: float | None = None,
     beta: float | None = None,
     temperature: float = ROLLOUT_TEMPERATURE,
@@ -119,6 +135,7 @@ def train_expert(
     ``eval_steps`` steps; the one with the best validation accuracy then resumes from its checkpoint and
     finishes, exactly as if it had run alone. Whether a run will end up weak shows at its first
     validation (docs/trainer.md), so this spends ``(candidates - 1) * eval_steps`` steps to avoid one.
+    ``candidates=None`` takes the recipe's count for the adapter kind and task (:func:`recipe_candidates`).
     ``lr=None`` takes the recipe's rate for the adapter kind and task (:func:`recipe_learning_rate`): LoRA at
     SVF's 1e-2 diverges, and SVF on ``offline_math`` is steadier at 5e-3.
     ``beta=None`` takes the recipe's KL coefficient for the adapter kind (:func:`recipe_beta`).
@@ -128,6 +145,7 @@ def train_expert(
     peft_config = adapter_config(adapter)  # an unknown kind fails here, before any work
     lr = recipe_learning_rate(adapter, task.name, lr)
     beta = recipe_beta(adapter, beta)
+    candidates = recipe_candidates(adapter, task.name, candidates, steps=steps, eval_steps=eval_steps)
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if candidates > 1 and steps <= eval_steps:
