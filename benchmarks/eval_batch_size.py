@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from results_file import write_results
+from results_file import print_table, write_results
 
 from peft_svf.embedded import load_embedded_model
 from peft_svf.pipeline.config import DEFAULT_UNSEEN_TASKS
@@ -48,11 +48,10 @@ def main() -> None:
                          "speedup": round(reference[0] / seconds, 2), "accuracy": result.accuracy,
                          "completions_differ": differ})  # fmt: skip
     first = args.batch_sizes[0]
-    print(f"| task | n | batch | seconds | speed-up over {first} | accuracy | completions differing from {first} |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['task']} | {r['n']} | {r['batch_size']} | {r['seconds']} | {r['speedup']}x | "
-              f"{r['accuracy']:.3f} | {r['completions_differ']} |")  # fmt: skip
+    header = ["task", "n", "batch", "seconds", f"speed-up over {first}", "accuracy",
+              f"completions differing from {first}"]  # fmt: skip
+    print_table(header, ([r["task"], r["n"], r["batch_size"], r["seconds"], f"{r['speedup']}x", f"{r['accuracy']:.3f}",
+                          r["completions_differ"]] for r in rows))  # fmt: skip
     write_results(RESULTS, args, rows, load_start)
 
 

@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from results_file import write_results
+from results_file import print_table, write_results
 
 from peft_svf.embedded import load_embedded_model
 from peft_svf.pipeline.config import DEFAULT_EXPERT_TASKS, DEFAULT_UNSEEN_TASKS
@@ -53,11 +53,11 @@ def main() -> None:
         rows.append({"task": name, "n": results[True].n, "plain_s": round(plain, 2), "shared_s": round(shared, 2),
                      "ratio": round(shared / plain, 3), "accuracy_plain": results[False].accuracy,
                      "accuracy_shared": results[True].accuracy, "completions_differ": differ})  # fmt: skip
-    print("| task | n | whole prompts s | shared prefix s | ratio | accuracy (whole / shared) | completions differing |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['task']} | {r['n']} | {r['plain_s']} | {r['shared_s']} | {r['ratio']:.3f} | "
-              f"{r['accuracy_plain']:.3f} / {r['accuracy_shared']:.3f} | {r['completions_differ']} |")  # fmt: skip
+    header = ["task", "n", "whole prompts s", "shared prefix s", "ratio", "accuracy (whole / shared)",
+              "completions differing"]  # fmt: skip
+    print_table(header, ([r["task"], r["n"], r["plain_s"], r["shared_s"], f"{r['ratio']:.3f}",
+                          f"{r['accuracy_plain']:.3f} / {r['accuracy_shared']:.3f}", r["completions_differ"]]
+                         for r in rows))  # fmt: skip
     write_results(RESULTS, args, rows, load_start)
 
 

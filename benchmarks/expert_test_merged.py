@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
-from results_file import write_results
+from results_file import print_table, write_results
 
 from peft_svf import SVFConfig
 from peft_svf.embedded import load_embedded_model
@@ -60,14 +60,10 @@ def main() -> None:
                      "merged_s": round(min(merged_s), 2), "speedup": round(min(unmerged_s) / min(merged_s), 2),
                      "accuracy_unmerged": unmerged.accuracy, "accuracy_merged": merged.accuracy,
                      "completions_differ": differ})  # fmt: skip
-    header = (
-        "| task | n | unmerged s | merged s | speed-up | accuracy unmerged / merged | completions differing |"
-    )
-    print(header)
-    print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
-    for r in rows:
-        print(f"| {r['task']} | {r['n']} | {r['unmerged_s']} | {r['merged_s']} | {r['speedup']}x | "
-              f"{r['accuracy_unmerged']:.3f} / {r['accuracy_merged']:.3f} | {r['completions_differ']} |")  # fmt: skip
+    header = ["task", "n", "unmerged s", "merged s", "speed-up", "accuracy unmerged / merged", "completions differing"]
+    print_table(header, ([r["task"], r["n"], r["unmerged_s"], r["merged_s"], f"{r['speedup']}x",
+                          f"{r['accuracy_unmerged']:.3f} / {r['accuracy_merged']:.3f}", r["completions_differ"]]
+                         for r in rows))  # fmt: skip
     write_results(RESULTS, args, rows, load_start)
 
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import platform
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,3 +23,11 @@ def write_results(path: Path, args: argparse.Namespace, rows: list[dict[str, Any
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows}, indent=2))
     print(f"wrote {path}")
+
+
+def print_table(header: Sequence[str], lines: Iterable[Sequence[Any]]) -> None:
+    """A markdown table to paste into the docs: the first column (a name) left-aligned, the figures right."""
+    print("| " + " | ".join(header) + " |")
+    print("| --- |" + " ---: |" * (len(header) - 1))
+    for cells in lines:
+        print("| " + " | ".join(str(cell) for cell in cells) + " |")
