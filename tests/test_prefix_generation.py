@@ -82,13 +82,15 @@ class RecordingModel:
 
 @pytest.mark.parametrize(
     "case",
-    ["one row", "short prefix", "several sequences", "beams", "own cache", "adapter names", "right padded", "pad column"],
+    ["one row", "short prefix", "several sequences", "beams", "sequences in a generation config", "own cache",
+     "adapter names", "right padded", "pad column"],
 )
 def test_plain_call_where_the_prefix_cannot_be_shared(case):
     rows = rows_with_prefix(1 if case == "one row" else 3, shared=MIN_SHARED_PREFIX - 1 if case == "short prefix" else 20)
     ids, mask = left_padded(rows)
     kwargs = {"max_new_tokens": 2}
     extra = {"several sequences": {"num_return_sequences": 2}, "beams": {"num_beams": 2}, "own cache": {"cache": None},
+             "sequences in a generation config": {"generation_config": GenerationConfig(num_return_sequences=2, do_sample=True)},
              "adapter names": {"adapter_names": ["a", "b", "a"]}}.get(case, {})  # fmt: skip
     if case == "right padded":
         width = ids.size(1)

@@ -94,7 +94,7 @@ def generate_sharing_prefix(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     plain = dict(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
-    config = model.generation_config
+    config = generate_kwargs.get("generation_config") or model.generation_config
     expands = any(
         (generate_kwargs.get(key) or getattr(config, key, 1) or 1) > 1
         for key in ("num_return_sequences", "num_beams")
