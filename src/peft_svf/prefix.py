@@ -73,11 +73,12 @@ def can_share_prefix(model: torch.nn.Module) -> bool:
     return not any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
 
 
-def _is_left_padded(mask: torch.Tensor) -> bool:
-    """Every row's real tokens are its last ones (what ``generate`` expects of a decoder-only batch)."""
+def _is_tightly_left_padded(mask: torch.Tensor) -> bool:
+    """Every row's real tokens are its last ones (what ``generate`` expects of a decoder-only batch), and the
+    longest row fills the width: the layout :func:`prefix_layout` rebuilds, so the generated columns stay put."""
     width = mask.size(1)
     real = mask.sum(dim=1, keepdim=True)
-    return torch.equal(mask.bool(), torch.arange(width, device=mask.device) >= width - real)
+    return int(real.max()) == width and torch.equal(mask.bool(), torch.arange(width, device=mask.device) >= width - real)
 
 
 def generate_sharing_prefix(
@@ -100,11 +101,11 @@ def generate_sharing_prefix(
         for key in ("num_return_sequences", "num_beams")
     )
     unshareable = any(key in generate_kwargs for key in ("cache", "past_key_values", "adapter_names"))
-    if input_ids.size(0) < 2 or expands or unshareable or not _is_left_padded(attention_mask):
+    if input_ids.size(0) < 2 or expands or unshareable or not _is_tightly_left_padded(attention_mask):
         return model.generate(**plain)
     rows = [ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask, strict=True)]
     shared = shared_prefix_length(rows)
-    if not shared or max(map(len, rows)) != input_ids.size(1):
+    if not shared:
         return model.generate(**plain)
     padding = input_ids[attention_mask == 0]  # the caller's pad id (any id would do: masked out)
     ids, mask = prefix_layout(rows, shared, int(padding[0]) if len(padding) else 0, input_ids.device)
