@@ -77,3 +77,25 @@ def test_pass_at_k_equals_greedy_accuracy_when_sampling_cold(tiny):
     cold = pass_at_k(model, data, tokenizer, k=3, reward=parity_reward, max_new_tokens=4, temperature=1e-4,
                      progress=False)  # fmt: skip
     assert cold == pytest.approx(greedy)
+
+
+def first_two_words_reward(completions, target, **_):
+    """Reads the first two words only, and says so: generation may stop once there are two."""
+    return parity_reward([" ".join(c.split()[:2]) for c in completions], target)
+
+
+first_two_words_reward.completion_done = lambda text: len(text.split()) >= 2
+
+
+def test_evaluate_stops_where_the_reward_stops_reading(tiny):
+    """Each completion is the unstopped one cut after its second word (a row that ends sooner is unchanged),
+    scored the same; the tiny tokenizer's pad is not its EOS, so the cut is not EOS bookkeeping."""
+    model, tokenizer = tiny
+    data = _dataset()
+    whole = [c[0] for c in generate_completions(model, tokenizer, list(data["prompt"]), max_new_tokens=6,
+                                                batch_size=2, progress=False)]  # fmt: skip
+    stopped = evaluate(model, data, tokenizer, reward=first_two_words_reward, max_new_tokens=6, batch_size=2,
+                       progress=False)  # fmt: skip
+    assert [r["completion"] for r in stopped.records] == [" ".join(c.split()[:2]) for c in whole]
+    assert any(len(c.split()) > 2 for c in whole)  # some rows were stopped
+    assert [r["reward"] for r in stopped.records] == first_two_words_reward(whole, data["target"])

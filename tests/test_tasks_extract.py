@@ -6,6 +6,7 @@ from fractions import Fraction
 import pytest
 
 from peft_svf.tasks.extract import (
+    code_block_closed,
     extract_boxed,
     extract_choice,
     extract_code,
@@ -122,6 +123,41 @@ def test_code_extraction():
     assert extract_code("```\nprint(1)\n```") == "print(1)\n"
     assert extract_code("```python\ndef f(x):\n    return x") == "def f(x):\n    return x\n"  # cut off by max tokens
     assert extract_code("def f(x): return x") == "def f(x): return x"
+
+
+def test_code_extraction_reads_the_first_block_only():
+    text = "```python\ndef f(x):\n    return x\n```\nUsage:\n```python\nprint(f(1))\nraise SystemExit(1)\n```"
+    assert extract_code(text) == "def f(x):\n    return x\n"
+
+
+CODE_TEXTS = [
+    "```python\ndef f(x):\n    return x\n```\nThis uses ```python\nprint(1)\n``` too",
+    "Here:\n````py\nx = 1\n```\n",
+    "```\n```\nempty first block",
+    "```javascript\nlet x\n```\n```python\ny = 2\n```",
+    "no block, just def f(): pass",
+    "```python\nunclosed = True\n",
+]
+
+
+@pytest.mark.parametrize("text", CODE_TEXTS)
+def test_code_block_closed_marks_the_point_after_which_the_program_cannot_change(text):
+    """Every prefix from the first one where it holds extracts what the whole text extracts; before, it does not
+    hold. Checked character by character, as generation would see the text grow."""
+    closed_at = next((k for k in range(len(text) + 1) if code_block_closed(text[:k])), None)
+    if closed_at is None:
+        return
+    for k in range(closed_at, len(text) + 1):
+        assert code_block_closed(text[:k])
+        assert extract_code(text[:k]) == extract_code(text)
+    assert text[:closed_at].endswith("```")
+
+
+def test_code_block_closed_only_for_a_closed_block():
+    assert not code_block_closed("```python\ndef f():\n    pass\n")
+    assert not code_block_closed("no code at all ``` here")  # a fence without a block opener
+    assert code_block_closed("```python\ndef f():\n    pass\n```")
+    assert [code_block_closed(t) for t in CODE_TEXTS] == [True, True, True, True, False, False]
 
 
 def test_result_policy_reads_a_restated_equation_by_its_result():

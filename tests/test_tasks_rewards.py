@@ -14,6 +14,7 @@ from peft_svf.tasks.rewards import (
     completion_text,
     math_reward,
     numeric_reward,
+    stop_condition,
 )
 
 
@@ -58,6 +59,33 @@ def test_assert_tests_reward():
     rows = {"test_list": [["assert sq(3) == 9", "assert sq(-2) == 4"]] * 3, "test_setup_code": ["", "", ""]}
     completions = ["```python\ndef sq(x):\n    return x * x\n```", "def sq(x):\n    return 2 * x", "nothing useful"]
     assert reward(completions, **rows, **_trl_kwargs(3)) == [1.0, -1.0, -1.0]
+
+
+def test_code_reward_is_done_when_its_first_block_closes():
+    """Cut where ``stop_condition`` says, the completion scores what the whole one scores: the second block (which
+    would redefine ``sq`` wrongly) is never read."""
+    reward = code_reward(assert_tests)
+    done = stop_condition(reward)
+    whole = "```python\ndef sq(x):\n    return x * x\n```\nOr:\n```python\ndef sq(x):\n    return 0\n```"
+    cut = whole[: next(k for k in range(len(whole) + 1) if done(whole[:k]))]
+    assert cut == "```python\ndef sq(x):\n    return x * x\n```"
+    rows = {"test_list": [["assert sq(3) == 9"]] * 2, "test_setup_code": ["", ""]}
+    assert reward([whole, cut], **rows) == [1.0, 1.0]
+
+
+def test_stop_condition_needs_every_reward_to_declare_its_end():
+    code = code_reward(assert_tests)
+    assert stop_condition(numeric_reward()) is None  # reads the whole text
+    assert stop_condition([code, numeric_reward()]) is None
+    assert stop_condition([]) is None
+
+    def first_line(completions, **_):
+        return [1.0 if c.startswith("x") else -1.0 for c in completions]
+
+    first_line.completion_done = lambda text: "\n" in text
+    both = stop_condition([code, first_line])
+    block = "```python\nx = 1\n```"
+    assert [both(t) for t in (block[:-3], "x\n", "`" * 3, block)] == [False, False, False, True]
 
 
 def test_check_function_tests_accept_full_function_or_body():

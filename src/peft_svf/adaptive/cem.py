@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..prompts import render
-from ..tasks.rewards import checked_reward_call
+from ..tasks.rewards import checked_reward_call, stop_condition
 from .generation import greedy_texts
 from .mixing import Alpha, layer_names, mix_svf_adapters, temporary_mixtures
 
@@ -184,15 +184,16 @@ def evaluate_population(
     texts = [render(adaptive_model.tokenizer, p) for p in data["prompt"]]
     names = [f"__cem_{i}" for i in range(len(alphas))]
     rows = [name for name in names for _ in texts]
+    stop_when = stop_condition(funcs)  # a completion past it scores the same
     with temporary_mixtures(adaptive_model.model, dict(zip(names, alphas, strict=True))):
         if batched:
             outs = [greedy_texts(adaptive_model.model, adaptive_model.tokenizer, texts * len(names), rows,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, per_row_rank=per_row_rank,
-                                 log_likelihoods=True)]  # fmt: skip
+                                 stop_when=stop_when, log_likelihoods=True)]  # fmt: skip
         else:
             outs = [greedy_texts(adaptive_model.model, adaptive_model.tokenizer, texts, [name] * len(texts),
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, merge=adaptive_model.merge,
-                                 log_likelihoods=True) for name in names]  # fmt: skip
+                                 stop_when=stop_when, log_likelihoods=True) for name in names]  # fmt: skip
     completions = [c for out in outs for c in out.completions]
     lengths = [len(g) for out in outs for g in out.generated]
     log_likelihoods = [ll for out in outs for ll in out.log_likelihoods]

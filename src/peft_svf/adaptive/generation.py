@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 from peft import PeftModel
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
 from ..prefix import (
     generate_sharing_prefix,
@@ -23,6 +23,7 @@ from ..prefix import (
     prefix_layout,
     shared_prefix_length,
 )
+from ..stopping import RowsDone
 from ..svf.merging import merged_for_inference
 from ..svf.mixed_batch import per_row_adapters
 from ..tokens import ensure_pad_token, eos_token_ids
@@ -119,17 +120,6 @@ def routed_generate(
         return model.generate(**generate_kwargs, adapter_names=names)
 
 
-class _RowsDone(StoppingCriteria):
-    """Per-row stop once the text generated so far satisfies ``done`` (e.g. holds a complete ``\\boxed{}``)."""
-
-    def __init__(self, tokenizer: Any, width: int, done: Callable[[str], bool]) -> None:
-        self.tokenizer, self.width, self.done = tokenizer, width, done
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
-        return torch.tensor([self.done(t) for t in texts], dtype=torch.bool, device=input_ids.device)
-
-
 class _ChosenTokenLogProbs(LogitsProcessor):
     """Records, at each decoding step, the log-probability of the token greedy decoding picks (the top score):
     the log-likelihood of a greedy completion without a second forward over prompt and completion."""
@@ -185,8 +175,9 @@ def greedy_texts(
         chunk, chunk_rows = token_rows[start : start + size], list(rows[start : start + size])
         ids, mask = prefix_layout(chunk, 0, pad, device)
         width = ids.shape[1]
-        if stop_when is not None:
-            greedy["stopping_criteria"] = StoppingCriteriaList([_RowsDone(tokenizer, width, stop_when)])
+        stopper = RowsDone(tokenizer, width, stop_when) if stop_when is not None else None
+        if stopper is not None:
+            greedy["stopping_criteria"] = StoppingCriteriaList([stopper])
         recorder = _ChosenTokenLogProbs() if log_likelihoods else None
         if recorder is not None:
             greedy["logits_processor"] = LogitsProcessorList([recorder])
@@ -199,8 +190,8 @@ def greedy_texts(
             new = sequence[width:]
             stops = [j for j, token in enumerate(new.tolist()) if token in eos_ids]
             new = new[: stops[0] + 1] if stops else new
-            while stop_when is not None and len(new) and new[-1] == pad:  # rows stopped early are padded
-                new = new[:-1]
+            if stopper is not None:  # a stopped row is padded after its stop, and the pad may be EOS
+                new = new[: stopper.ends(len(out), out.size(1) - width)[i]]
             generated.append(new)
             completions.append(tokenizer.decode(new, skip_special_tokens=True))
             if recorder is not None:  # step j scored token j of every row

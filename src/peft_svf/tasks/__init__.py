@@ -9,7 +9,7 @@ from . import benchmarks_hub, offline
 from .evaluate import EvalResult, evaluate, generate_completions, pass_at_k
 from .offline import OFFLINE_TRAIN_TASKS, OFFLINE_UNSEEN_TASKS
 from .registry import Task, chat_prompt, get_task, list_tasks, register_task, train_valid_split
-from .rewards import RewardError, checked_reward_call, completion_text
+from .rewards import RewardError, checked_reward_call, completion_text, stop_condition
 from .sandbox import SandboxLimits, SandboxResult, run_program, run_programs
 
 __all__ = [
@@ -33,5 +33,6 @@ __all__ = [
     "register_task",
     "run_program",
     "run_programs",
+    "stop_condition",
     "train_valid_split",
 ]

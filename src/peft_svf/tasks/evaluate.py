@@ -7,7 +7,7 @@ waste little padding, left-padded as decoder-only models need.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -16,13 +16,14 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, StoppingCriteriaList
 
 from ..prefix import generate_sharing_prefix
 from ..prompts import render
+from ..stopping import RowsDone
 from ..tokens import ensure_pad_token
 from .registry import Task, get_task
-from .rewards import RewardFunc, checked_reward_call
+from .rewards import RewardFunc, checked_reward_call, stop_condition
 
 
 @torch.inference_mode()
@@ -41,12 +42,14 @@ def generate_completions(
     progress: bool = True,
     desc: str = "generate",
     share_prompt_prefix: bool = True,
+    stop_when: Callable[[str], bool] | None = None,
 ) -> list[list[str]]:
     """``num_return_sequences`` completions per prompt (chat prompts get the chat template), in input order.
 
     ``batch_size`` counts prompts; a batch generates ``batch_size * num_return_sequences`` sequences.
     ``share_prompt_prefix``: a model or ``PeftModel`` runs the tokens a batch's prompts start with once
     (:func:`~peft_svf.prefix.generate_sharing_prefix`); a ``SelfAdaptiveModel`` decides that itself.
+    ``stop_when(text)`` ends a completion as soon as it holds (:func:`~peft_svf.tasks.rewards.stop_condition`).
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -67,10 +70,16 @@ def generate_completions(
                             padding_side="left", add_special_tokens=False).to(device)  # fmt: skip
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
                 "do_sample": False, "temperature": None, "top_p": None, "top_k": None}  # fmt: skip
+            width = enc["input_ids"].shape[1]
+            stopper = RowsDone(tokenizer, width, stop_when) if stop_when is not None else None
+            if stopper is not None:
+                sampling["stopping_criteria"] = StoppingCriteriaList([stopper])
             out = generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
                            pad_token_id=pad_id, **sampling)  # fmt: skip
-            new = out[:, enc["input_ids"].shape[1] :]
-            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+            new = out[:, width:]
+            ends = stopper.ends(*new.shape) if stopper is not None else [new.size(1)] * new.size(0)
+            decoded = tokenizer.batch_decode([ids[:end] for ids, end in zip(new, ends, strict=True)],
+                                             skip_special_tokens=True)  # fmt: skip
             for j, i in enumerate(chunk):
                 results[i] = decoded[j * num_return_sequences : (j + 1) * num_return_sequences]
             bar.update(len(chunk))
@@ -133,7 +142,8 @@ def evaluate(
         data = data.select(range(min(n, len(data))))
     completions = [c[0] for c in generate_completions(
         model, tokenizer, list(data["prompt"]), max_new_tokens=max_new_tokens or task_tokens or 256,
-        batch_size=batch_size, progress=progress, desc="evaluate", share_prompt_prefix=share_prompt_prefix)]  # fmt: skip
+        batch_size=batch_size, progress=progress, desc="evaluate", share_prompt_prefix=share_prompt_prefix,
+        stop_when=stop_condition(reward))]  # fmt: skip
     scores = _rewards(reward, data, completions)
     records = [
         {"index": i, "prompt": data[i]["prompt"], "completion": c, "reward": s, "correct": s > 0}
@@ -168,7 +178,7 @@ def pass_at_k(
     samples = generate_completions(
         model, tokenizer, list(data["prompt"]), max_new_tokens=max_new_tokens or task_tokens or 256,
         batch_size=batch_size, num_return_sequences=k, do_sample=True, temperature=temperature,
-        seed=seed, progress=progress, desc=f"pass@{k}")  # fmt: skip
+        seed=seed, progress=progress, desc=f"pass@{k}", stop_when=stop_condition(reward))  # fmt: skip
     flat = data.select([i for i in range(len(data)) for _ in range(k)])
     scores = _rewards(reward, flat, [c for group in samples for c in group])
     hits = sum(any(s > 0 for s in scores[i * k : (i + 1) * k]) for i in range(len(data)))

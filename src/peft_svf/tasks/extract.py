@@ -170,9 +170,26 @@ def extract_choice(text: str, labels: list[str]) -> str | None:
     return None
 
 
+# A fenced block: an opening fence (bare or tagged Python), its code, and the closing fence or the end of the text
+# (a completion cut off by the token limit).
+_CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(```|$)", flags=re.DOTALL)
+
+
 def extract_code(text: str) -> str:
-    """The Python program in a completion: the fenced blocks joined, or the whole text if there are none."""
-    blocks = re.findall(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", text, flags=re.DOTALL)
-    if blocks:
-        return "\n".join(block.rstrip() for block in blocks) + "\n"
-    return text
+    """The Python program in a completion: its first fenced block, or the whole text if there is none.
+
+    Only the first block: a later one is example usage or prose code, and reading no further lets generation
+    stop once the block closes (:func:`code_block_closed`).
+    """
+    block = _CODE_BLOCK.search(text)
+    return block.group(1).rstrip() + "\n" if block else text
+
+
+def code_block_closed(text: str) -> bool:
+    """Whether the block :func:`extract_code` reads has closed, so that no further text can change the program.
+
+    The leftmost block and its earliest closing fence stay where they are when text is appended, so once this is
+    true it stays true, and ``extract_code`` of any continuation is ``extract_code(text)``.
+    """
+    block = _CODE_BLOCK.search(text)
+    return block is not None and block.group(2) == "```"

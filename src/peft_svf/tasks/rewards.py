@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .extract import (
+    code_block_closed,
     extract_boxed,
     extract_choice,
     extract_code,
@@ -25,6 +26,7 @@ from .sandbox import SandboxLimits
 __all__ = [
     "CORRECT", "WRONG", "RewardError", "RewardFunc", "assert_tests", "check_function_tests", "checked_reward_call",
     "choice_reward", "code_reward", "completion_text", "math_reward", "numeric_reward", "reward_name",
+    "stop_condition",
 ]  # fmt: skip
 
 RewardFunc = Callable[..., list[float]]
@@ -111,7 +113,23 @@ def code_reward(
         codes = [extract_code(completion_text(c)) for c in completions]
         return [_score(verdict.passed) for verdict in grade(codes, suites, limits)]
 
+    reward.completion_done = code_block_closed  # it reads the first code block only
     return _named(name, reward)
+
+
+def stop_condition(reward_funcs: RewardFunc | Sequence[RewardFunc]) -> Callable[[str], bool] | None:
+    """When a completion can stop: once every reward function's ``completion_done(text)`` holds, the text that
+    would follow cannot change any reward. None when a function declares no such point (it may read it all).
+
+    A reward function declares ``completion_done`` only if its value for any continuation of a text where it
+    holds is its value for that text (``code_reward``: the first fenced block has closed). Generation stopped
+    there scores the same and costs what the answer costs, not the prose after it.
+    """
+    funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
+    checks = [getattr(func, "completion_done", None) for func in funcs]
+    if not checks or any(check is None for check in checks):
+        return None
+    return lambda text: all(check(text) for check in checks)
 
 
 class RewardError(RuntimeError):

@@ -126,6 +126,14 @@ class SVFTrainingConfig(TrainingArguments):
             "for every row. Exact up to float rounding; off under gradient checkpointing, which drops caches."
         },
     )
+    stop_when_rewards_done: bool = field(
+        default=True,
+        metadata={
+            "help": "End a completion once every reward function declares it complete (its `completion_done`: "
+            "`code_reward` reads the first code block only, so it is done when that block closes). The text "
+            "after it could not change a reward; it is neither generated nor trained on."
+        },
+    )
     loss_type: LossType = field(
         default="sequence_sum",
         metadata={

@@ -19,6 +19,7 @@ from transformers import (
     GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    StoppingCriteriaList,
     Trainer,
     TrainerCallback,
     set_seed,
@@ -31,8 +32,9 @@ from trl.trainer.utils import identity, selective_log_softmax
 
 from ..prefix import can_share_prefix, positions_from_mask, prefix_cache, prefix_layout, shared_prefix_length
 from ..prompts import render
+from ..stopping import RowsDone
 from ..svf.merging import merged_for_inference
-from ..tasks.rewards import RewardFunc, checked_reward_call, reward_name
+from ..tasks.rewards import RewardFunc, checked_reward_call, reward_name, stop_condition
 from ..tokens import ensure_pad_token, eos_token_ids
 from .checkpoints import (
     checkpoint_problems,
@@ -102,6 +104,7 @@ class SVFTrainer(Trainer):
         if not self.reward_funcs:
             raise ValueError("SVFTrainer needs at least one reward function.")
         self.reward_func_names = [reward_name(f) for f in self.reward_funcs]
+        self.stop_when = stop_condition(self.reward_funcs) if args.stop_when_rewards_done else None
         weights = args.reward_weights or [1.0] * len(self.reward_funcs)
         if len(weights) != len(self.reward_funcs):
             raise ValueError(
@@ -204,6 +207,8 @@ class SVFTrainer(Trainer):
             processors = seeded_sampling_processors(
                 seeds, self.args.temperature, self.args.top_k, self.args.top_p
             )
+        width = prompt_ids.size(1)
+        stopper = RowsDone(self.processing_class, width, self.stop_when) if self.stop_when is not None else None
         with torch.no_grad(), self._generation_model() as model:
             cache = {"cache": prefix_cache(model, prompt_ids[0, :shared], len(rows))} if shared else {}
             output = model.generate(
@@ -211,10 +216,13 @@ class SVFTrainer(Trainer):
                 attention_mask=prompt_mask,
                 generation_config=generation_config,
                 logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([stopper]) if stopper is not None else None,
                 **cache,
             )
-        completion_ids = output[:, prompt_ids.size(1) :]
+        completion_ids = output[:, width:]
         mask = completion_mask(completion_ids, self.eos_token_ids)
+        if stopper is not None:  # its padding is no sampled token, even where the pad is EOS
+            mask = mask * stopper.mask(completion_ids)
         id_lists = [ids[m.bool()].tolist() for ids, m in zip(completion_ids, mask, strict=True)]
         decoded = self.processing_class.batch_decode(id_lists, skip_special_tokens=True)
         completions: list[Any] = (
