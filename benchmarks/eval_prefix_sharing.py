@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+from functools import partial
 from pathlib import Path
 
-from results_file import print_table, write_results
+from results_file import alternate, print_table, write_results
 
 from peft_svf.embedded import load_embedded_model
 from peft_svf.pipeline.config import DEFAULT_EXPERT_TASKS, DEFAULT_UNSEEN_TASKS
@@ -39,15 +38,10 @@ def main() -> None:
     rows = []
     for name in args.tasks:
         task = get_task(name)
-        seconds: dict[bool, list[float]] = {False: [], True: []}
-        results = {}
-        for _ in range(args.rounds):
-            for share in (False, True):
-                start = time.perf_counter()
-                results[share] = evaluate(model, task, tokenizer, n=args.n, batch_size=args.batch_size,
-                                          progress=False, share_prompt_prefix=share)  # fmt: skip
-                seconds[share].append(time.perf_counter() - start)
-        plain, shared = (statistics.median(seconds[s]) for s in (False, True))
+        seconds, results = alternate({share: partial(evaluate, model, task, tokenizer, n=args.n, progress=False,
+                                                     batch_size=args.batch_size, share_prompt_prefix=share)
+                                      for share in (False, True)}, args.rounds)  # fmt: skip
+        plain, shared = seconds[False], seconds[True]
         differ = sum(a["completion"] != b["completion"]
                      for a, b in zip(results[False].records, results[True].records, strict=True))  # fmt: skip
         rows.append({"task": name, "n": results[True].n, "plain_s": round(plain, 2), "shared_s": round(shared, 2),

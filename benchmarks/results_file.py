@@ -9,11 +9,15 @@ import argparse
 import json
 import os
 import platform
-from collections.abc import Iterable, Sequence
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def write_results(path: Path, args: argparse.Namespace, rows: list[dict[str, Any]], load_start: float) -> None:
@@ -31,3 +35,16 @@ def print_table(header: Sequence[str], lines: Iterable[Sequence[Any]]) -> None:
     print("| --- |" + " ---: |" * (len(header) - 1))
     for cells in lines:
         print("| " + " | ".join(str(cell) for cell in cells) + " |")
+
+
+def alternate(variants: dict[str, Callable[[], T]], rounds: int) -> tuple[dict[str, float], dict[str, T]]:
+    """Each variant's median wall time over ``rounds``, run in turn so that machine noise hits them alike, and
+    its last result."""
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, T] = {}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            results[name] = run()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in seconds.items()}, results
