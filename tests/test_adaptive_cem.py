@@ -101,6 +101,42 @@ def test_log_likelihood_is_the_mean_token_log_probability_of_correct_answers():
     assert score.log_likelihood == pytest.approx(total / count, abs=1e-4)
 
 
+def test_scoring_stops_where_the_reward_stops_reading():
+    """A reward that reads two words scores the same on completions stopped there, and the tie-break becomes the
+    mean log-probability of the tokens up to the stop (computed here by a forward over each answer)."""
+    adaptive_model, data, _ = toy("code")
+
+    def first_two_words(completions, target, **kwargs):
+        return [1.0 if c.split()[:2] == t.split()[:2] else -1.0 for c, t in zip(completions, target, strict=True)]
+
+    def reading_everything(completions, **kwargs):
+        return first_two_words(completions, **kwargs)
+
+    first_two_words.completion_done = lambda text: len(text.split()) >= 2
+    alphas = [{"code": 1.0}, {"math": 1.0}, {"code": 0.5, "reasoning": 0.5}]
+    stopped = evaluate_population(adaptive_model, alphas, data, first_two_words, max_new_tokens=TOKENS)
+    whole = evaluate_population(adaptive_model, alphas, data, reading_everything, max_new_tokens=TOKENS)
+    assert [s.correct for s in stopped] == [s.correct for s in whole]
+    model, tokenizer = adaptive_model.model, adaptive_model.tokenizer
+    model.set_adapter("code")
+    total, count = 0.0, 0
+    for question in QUESTIONS:
+        ids = tokenizer(render(tokenizer, [{"role": "user", "content": question}]), return_tensors="pt",
+                        add_special_tokens=False)["input_ids"]  # fmt: skip
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, max_new_tokens=TOKENS, do_sample=False, pad_token_id=0)
+            logp = torch.log_softmax(model(out).logits[0, :-1].double(), -1)
+        new = out[0, ids.shape[1] :]
+        eos = (new == tokenizer.eos_token_id).nonzero()
+        new = new[: int(eos[0]) + 1] if len(eos) else new
+        read = next(k for k in range(len(new) + 1)
+                    if k == len(new) or len(tokenizer.decode(new[:k], skip_special_tokens=True).split()) >= 2)  # fmt: skip
+        total += logp[ids.shape[1] - 1 + torch.arange(read), new[:read]].sum().item()
+        count += read
+    assert stopped[0].accuracy == 1.0 and count < len(QUESTIONS) * TOKENS
+    assert stopped[0].log_likelihood == pytest.approx(total / count, abs=1e-4)
+
+
 def test_per_layer_normalised_cem_and_saved_result_round_trip(tmp_path):
     adaptive_model, data, reward = toy("math")
     config = CEMConfig(population_size=4, generations=1, per_layer=True, normalize=True, adapter_name="cem_toy",

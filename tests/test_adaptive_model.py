@@ -234,6 +234,19 @@ def test_evaluate_accepts_a_self_adaptive_model():
     assert len(completions) == 4 and not adaptive_model.training
 
 
+def test_completions_of_mixed_rows_stop_where_asked():
+    """The answer pass passes a stopping criterion through to the mixed-adapter ``generate``: each row is its
+    unstopped completion cut after two words."""
+    model, tokenizer = tiny_experts()
+    adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher=ScriptedDispatcher(routes_for_state_tests()))
+    prompts = [chat(q) for q in QUESTIONS]
+    whole = generate_completions(adaptive_model, tokenizer, prompts, max_new_tokens=6, progress=False)
+    stopped = generate_completions(adaptive_model, tokenizer, prompts, max_new_tokens=6, progress=False,
+                                   stop_when=lambda text: len(text.split()) >= 2)  # fmt: skip
+    assert any(len(c[0].split()) > 2 for c in whole)
+    assert stopped == [[" ".join(c[0].split()[:2])] for c in whole]
+
+
 def test_use_mixture_alpha_equals_the_mixed_adapter():
     model, tokenizer = tiny_experts()
     alpha = {"math": 0.3, "code": 0.6, "reasoning": 0.1}
