@@ -88,6 +88,8 @@ def test_each_expert_trains_at_its_tasks_recipe_rate_and_beta(job):
         # TINY trains to the first validation only, where the recipe probes one seed even on offline_code
         assert results["pipeline_settings"]["candidates"] == results["settings"]["candidates"] == recipe_candidates(
             "svf", task_name, steps=config.expert_steps, eval_steps=config.expert_eval_steps) == 1  # fmt: skip
+        # Code's rollouts stop at its first closed block, so a code expert trained before they did is retrained.
+        assert results["pipeline_settings"].get("stops_at_answer", False) == (task_name == "offline_code")
     assert rates == {task: recipe_learning_rate("svf", task) for task in config.expert_tasks.values()}
     assert rates["offline_math"] == TASK_LEARNING_RATES[("svf", "offline_math")] != rates["offline_code"]
     assert set(betas.values()) == {RECIPE_BETAS["svf"]}

@@ -56,13 +56,16 @@ class PipelineConfig:
     cem_generations: int = 3
     cem_elite_ratio: float = 0.2
 
-    def expert_settings(self, lr: float, beta: float, candidates: int) -> dict[str, Any]:
+    def expert_settings(self, lr: float, beta: float, candidates: int, stops_at_answer: bool) -> dict[str, Any]:
         """The settings an expert was trained with (``lr``, ``candidates``: its task's; ``beta``: the resolved KL
-        coefficient); a stored expert is reused only when they match."""
-        return dict(steps=self.expert_steps, batch=self.expert_batch, lr=lr, beta=beta,
-                    temperature=self.expert_temperature, candidates=candidates,
-                    eval_steps=self.expert_eval_steps,
-                    valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
+        coefficient); a stored expert is reused only when they match. ``stops_at_answer``: its rollouts end where
+        the task's reward stops reading (recorded only then, so that experts of other tasks trained before
+        2026-12-07, when rollouts started to stop, are still reused)."""
+        settings = dict(steps=self.expert_steps, batch=self.expert_batch, lr=lr, beta=beta,
+                        temperature=self.expert_temperature, candidates=candidates,
+                        eval_steps=self.expert_eval_steps,
+                        valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
+        return {**settings, "stops_at_answer": True} if stops_at_answer else settings
 
     def classifier_settings(self) -> dict[str, Any]:
         return dict(steps=self.classifier_steps, batch=self.classifier_batch, seed=self.seed,
