@@ -186,12 +186,13 @@ def greedy_texts(
                                   input_ids=ids, attention_mask=mask, **greedy)  # fmt: skip
         # (rows, decoding steps); None when nothing was asked for or no step ran (then every row is empty)
         steps = torch.stack(recorder.steps, 1) if recorder is not None and recorder.steps else None
+        kept = out.size(1) - width
+        ends = stopper.ends(len(out), kept) if stopper is not None else [kept] * len(out)
         for i, sequence in enumerate(out):
             new = sequence[width:]
             stops = [j for j, token in enumerate(new.tolist()) if token in eos_ids]
             new = new[: stops[0] + 1] if stops else new
-            if stopper is not None:  # a stopped row is padded after its stop, and the pad may be EOS
-                new = new[: stopper.ends(len(out), out.size(1) - width)[i]]
+            new = new[: ends[i]]  # a stopped row is padded after its stop, and the pad may be EOS
             generated.append(new)
             completions.append(tokenizer.decode(new, skip_special_tokens=True))
             if recorder is not None:  # step j scored token j of every row
