@@ -80,7 +80,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--baseline", choices=["none", "batch_mean", "group_mean", "leave_one_out"],
                      default="batch_mean", help="advantage baseline (default: batch_mean)")  # fmt: skip
     run.add_argument("--candidates", type=int, default=None,
-                     help="seeds tried to the first validation; the best one is finished (default: the recipe's for the adapter and task: 2 for SVF on offline_code, else 1)")  # fmt: skip
+                     help="seeds tried to the first validation; the best one is finished (default: the recipe's for the adapter and task: 3 for SVF on offline_code, else 1)")  # fmt: skip
     run.add_argument("--lr", type=float, default=None,
                      help="learning rate (default: the recipe's for the adapter and task: SVF 1e-2, 5e-3 on offline_math; LoRA 3e-4, 3e-3 on offline_code)")  # fmt: skip
     run.add_argument("--beta", type=float, default=None,
