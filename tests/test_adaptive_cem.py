@@ -33,6 +33,25 @@ def expert_answers(model, tokenizer, expert: str) -> list[str]:
     return answers
 
 
+def answer_log_probabilities(adaptive_model, read=len) -> tuple[float, int]:
+    """Sum and count of the log-probabilities of the code expert's greedy answers to QUESTIONS, by a forward over
+    each answer; ``read(answer_ids)`` is how many of its first tokens count."""
+    model, tokenizer = adaptive_model.model, adaptive_model.tokenizer
+    model.set_adapter("code")
+    total, count = 0.0, 0
+    for question in QUESTIONS:
+        ids = tokenizer(render(tokenizer, [{"role": "user", "content": question}]), return_tensors="pt",
+                        add_special_tokens=False)["input_ids"]  # fmt: skip
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, max_new_tokens=TOKENS, do_sample=False, pad_token_id=0)
+            logp = torch.log_softmax(model(out).logits[0, :-1].double(), -1)
+        new = out[0, ids.shape[1] :]
+        k = read(new)
+        total += logp[ids.shape[1] - 1 + torch.arange(k), new[:k]].sum().item()
+        count += k
+    return total, count
+
+
 def toy(expert: str = "code"):
     """A few-shot set on which only ``expert`` (and mixtures close to it) answer right."""
     model, tokenizer = tiny_experts(noise=1.5)
@@ -86,18 +105,7 @@ def test_batched_population_scores_equal_member_by_member():
 def test_log_likelihood_is_the_mean_token_log_probability_of_correct_answers():
     adaptive_model, data, reward = toy("code")
     (score,) = evaluate_population(adaptive_model, [{"code": 1.0}], data, reward, max_new_tokens=TOKENS)
-    model, tokenizer = adaptive_model.model, adaptive_model.tokenizer
-    model.set_adapter("code")
-    total, count = 0.0, 0
-    for question in QUESTIONS:
-        ids = tokenizer(render(tokenizer, [{"role": "user", "content": question}]), return_tensors="pt",
-                        add_special_tokens=False)["input_ids"]  # fmt: skip
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, max_new_tokens=TOKENS, do_sample=False, pad_token_id=0)
-            logp = torch.log_softmax(model(out).logits[0, :-1].double(), -1)
-        new = out[0, ids.shape[1] :]
-        total += logp[ids.shape[1] - 1 + torch.arange(len(new)), new].sum().item()
-        count += len(new)
+    total, count = answer_log_probabilities(adaptive_model)
     assert score.log_likelihood == pytest.approx(total / count, abs=1e-4)
 
 
@@ -117,22 +125,13 @@ def test_scoring_stops_where_the_reward_stops_reading():
     stopped = evaluate_population(adaptive_model, alphas, data, first_two_words, max_new_tokens=TOKENS)
     whole = evaluate_population(adaptive_model, alphas, data, reading_everything, max_new_tokens=TOKENS)
     assert [s.correct for s in stopped] == [s.correct for s in whole]
-    model, tokenizer = adaptive_model.model, adaptive_model.tokenizer
-    model.set_adapter("code")
-    total, count = 0.0, 0
-    for question in QUESTIONS:
-        ids = tokenizer(render(tokenizer, [{"role": "user", "content": question}]), return_tensors="pt",
-                        add_special_tokens=False)["input_ids"]  # fmt: skip
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, max_new_tokens=TOKENS, do_sample=False, pad_token_id=0)
-            logp = torch.log_softmax(model(out).logits[0, :-1].double(), -1)
-        new = out[0, ids.shape[1] :]
-        eos = (new == tokenizer.eos_token_id).nonzero()
-        new = new[: int(eos[0]) + 1] if len(eos) else new
-        read = next(k for k in range(len(new) + 1)
+    tokenizer = adaptive_model.tokenizer
+
+    def two_words(new: torch.Tensor) -> int:  # one-row generation ends at its first EOS, if any
+        return next(k for k in range(len(new) + 1)
                     if k == len(new) or len(tokenizer.decode(new[:k], skip_special_tokens=True).split()) >= 2)  # fmt: skip
-        total += logp[ids.shape[1] - 1 + torch.arange(read), new[:read]].sum().item()
-        count += read
+
+    total, count = answer_log_probabilities(adaptive_model, two_words)
     assert stopped[0].accuracy == 1.0 and count < len(QUESTIONS) * TOKENS
     assert stopped[0].log_likelihood == pytest.approx(total / count, abs=1e-4)
 

@@ -52,6 +52,16 @@ def row_by_row_loss(trainer, prompts: list[str], inputs: dict, beta: float) -> t
     return (policy + beta * total) / len(prompts)
 
 
+def assert_loss_and_gradients_equal_each_row_alone(trainer, prompts: list[str], inputs: dict) -> None:
+    """The batch's loss and gradients against ``row_by_row_loss`` (beta 0.2, ``moved_trainer``'s)."""
+    got = gradients(trainer, loss := trainer.compute_loss(trainer.model, inputs))
+    expected_loss = row_by_row_loss(trainer, prompts, inputs, beta=0.2)
+    expected = gradients(trainer, expected_loss)
+    torch.testing.assert_close(loss.double(), expected_loss.detach(), rtol=1e-4, atol=1e-5)
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
 def gradients(trainer, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     trainer.model.zero_grad()
     loss.backward()
@@ -69,12 +79,7 @@ def test_shared_prefix_loss_and_gradients_equal_each_row_alone(tmp_path, checkpo
     trainer.model.train()
     if checkpointing:  # drops KV caches in training forwards: the trainer must then run whole rows
         trainer.model.base_model.model.activation_checkpointing_enable({"use_reentrant": False})
-    got = gradients(trainer, loss := trainer.compute_loss(trainer.model, inputs))
-    expected_loss = row_by_row_loss(trainer, prompts, inputs, beta=0.2)
-    expected = gradients(trainer, expected_loss)
-    torch.testing.assert_close(loss.double(), expected_loss.detach(), rtol=1e-4, atol=1e-5)
-    for name, grad in expected.items():
-        torch.testing.assert_close(got[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert_loss_and_gradients_equal_each_row_alone(trainer, prompts, inputs)
 
 
 def test_rollouts_with_a_shared_prefix_are_the_rollouts_of_whole_rows(tmp_path):

@@ -3,10 +3,13 @@ the stop even though the padding after it is EOS (the tiny tokenizer's pad, as S
 
 from __future__ import annotations
 
-import torch
-
 from peft_svf.trainer.objective import completion_mask
-from test_trainer_prefix import PREFIX, gradients, moved_trainer, row_by_row_loss, shared_prompts
+from test_trainer_prefix import (
+    PREFIX,
+    assert_loss_and_gradients_equal_each_row_alone,
+    moved_trainer,
+    shared_prompts,
+)
 
 READ = 3  # characters the reward reads (one token each)
 
@@ -52,9 +55,4 @@ def test_loss_of_a_stopped_rollout_equals_each_row_alone(tmp_path):
     assert inputs["shared_prefix_length"] == len(PREFIX)
     assert inputs["completion_mask"].sum(1).max() < inputs["completion_ids"].size(1) + 1
     trainer.model.train()
-    got = gradients(trainer, loss := trainer.compute_loss(trainer.model, inputs))
-    expected_loss = row_by_row_loss(trainer, prompts, inputs, beta=0.2)
-    expected = gradients(trainer, expected_loss)
-    torch.testing.assert_close(loss.double(), expected_loss.detach(), rtol=1e-4, atol=1e-5)
-    for name, grad in expected.items():
-        torch.testing.assert_close(got[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert_loss_and_gradients_equal_each_row_alone(trainer, prompts, inputs)
