@@ -25,7 +25,7 @@ def write_results(path: Path, args: argparse.Namespace, rows: list[dict[str, Any
             "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
             "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows}, indent=2))
+    path.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows}, indent=2, default=str))  # paths as text
     print(f"wrote {path}")
 
 
