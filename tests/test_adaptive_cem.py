@@ -127,7 +127,9 @@ def test_scoring_stops_where_the_reward_stops_reading():
     assert [s.correct for s in stopped] == [s.correct for s in whole]
     tokenizer = adaptive_model.tokenizer
 
-    def two_words(new: torch.Tensor) -> int:  # one-row generation ends at its first EOS, if any
+    def two_words(new: torch.Tensor) -> int:  # the tokens up to the stop, within the answer up to its first EOS
+        eos = (new == tokenizer.eos_token_id).nonzero()
+        new = new[: int(eos[0]) + 1] if len(eos) else new
         return next(k for k in range(len(new) + 1)
                     if k == len(new) or len(tokenizer.decode(new[:k], skip_special_tokens=True).split()) >= 2)  # fmt: skip
 
