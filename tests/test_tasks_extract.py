@@ -12,6 +12,7 @@ from peft_svf.tasks.extract import (
     extract_code,
     extract_numeric_answer,
     find_numbers,
+    first_number_complete,
     math_answers_equal,
     normalize_math_answer,
     parse_number,
@@ -158,6 +159,56 @@ def test_code_block_closed_only_for_a_closed_block():
     assert not code_block_closed("no code at all ``` here")  # a fence without a block opener
     assert code_block_closed("```python\ndef f():\n    pass\n```")
     assert [code_block_closed(t) for t in CODE_TEXTS] == [True, True, True, True, False, False]
+
+
+NUMBER_TEXTS = [
+    "87",
+    "The largest is 87.",
+    "1,234,567 and then 8",
+    "1,23 is not a thousands group",
+    "2.5.\n#### 9",
+    "-.5, or so",
+    "−12 degrees",
+    "12,",
+    "x1 and y2 then 45 ok",
+    "no number at all",
+]
+
+
+@pytest.mark.parametrize("text", NUMBER_TEXTS)
+def test_first_number_complete_marks_the_point_after_which_the_first_number_cannot_change(text):
+    """From the first prefix where it holds, every longer prefix reads the first number the whole text reads; checked
+    character by character, as generation sees the text grow, and on every continuation with more digits, groups
+    or decimals."""
+    first = [extract_numeric_answer(text[:k], position="first", explicit=False) for k in range(len(text) + 1)]
+    done_at = next((k for k in range(len(text) + 1) if first_number_complete(text[:k])), None)
+    tails = ("5", "345", ",000", ".25", "0,1", " #### 7")
+    if done_at is None:  # then some continuation still changes the first number, or there is none yet
+        read = [extract_numeric_answer(text + tail, position="first", explicit=False) for tail in tails]
+        assert first[-1] is None or any(r != first[-1] for r in read)
+        return
+    for k in range(done_at, len(text) + 1):
+        assert first_number_complete(text[:k])
+        assert first[k] == first[-1]
+        for tail in tails:
+            assert extract_numeric_answer(text[:k] + tail, position="first", explicit=False) == first[-1]
+    assert first[done_at - 1] is not None  # the number was already there one character before
+
+
+def test_first_number_complete_only_once_something_follows_the_number():
+    assert [first_number_complete(t) for t in NUMBER_TEXTS] == [False, False, True, True, True, True, True, False,
+                                                                True, False]  # fmt: skip
+    assert not first_number_complete("87.")  # "87.5" may follow
+    assert first_number_complete("The largest is 87. ")
+    assert not first_number_complete("1,234,")  # ",567" may follow
+    assert first_number_complete("87\n")
+
+
+def test_explicit_false_reads_by_position_only():
+    text = "12 apples.\n#### 14 and \\boxed{15}"
+    assert extract_numeric_answer(text, position="first") == 14
+    assert extract_numeric_answer(text, position="first", explicit=False) == 12
+    assert extract_numeric_answer("5 + 3 = 8 \\boxed{9}", position="result", explicit=False) == 8
 
 
 def test_result_policy_reads_a_restated_equation_by_its_result():

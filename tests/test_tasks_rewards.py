@@ -73,6 +73,20 @@ def test_code_reward_is_done_when_its_first_block_closes():
     assert reward([whole, cut], **rows) == [1.0, 1.0]
 
 
+def test_first_number_reward_without_explicit_answers_is_done_once_its_number_is_written():
+    """"Answer with just the number": the first number decides, so generation may stop right after it; the cut and
+    the whole completion score alike, and a later ``####`` no longer overrules the stated number."""
+    reward = numeric_reward(position="first", explicit=False)
+    done = stop_condition(reward)
+    whole = "87 is the largest.\n#### 45"
+    cut = whole[: next(k for k in range(len(whole) + 1) if done(whole[:k]))]
+    assert cut == "87 "
+    assert reward([whole, cut, "45"], answer=["87", "87", "87"]) == [1.0, 1.0, -1.0]
+    assert numeric_reward(position="first")([whole], answer=["87"]) == [-1.0]  # with explicit answers, #### wins
+    assert stop_condition(numeric_reward(position="first")) is None
+    assert stop_condition(numeric_reward(position="result", explicit=False)) is None  # a later "=" may still change it
+
+
 def test_stop_condition_needs_every_reward_to_declare_its_end():
     code = code_reward(assert_tests)
     assert stop_condition(numeric_reward()) is None  # reads the whole text

@@ -68,26 +68,47 @@ def extract_boxed(text: str) -> str | None:
     return None  # unbalanced: the model stopped mid-answer
 
 
-def extract_numeric_answer(text: str, position: str = "last") -> Fraction | None:
-    """The model's numeric answer: an explicit ``####`` or ``\\boxed{}`` answer wins, else by ``position``.
-
-    ``"last"`` (the last number) suits chain-of-thought answers (GSM8K). ``"first"`` suits "answer with
-    just the number" prompts where a small model states the answer and then rambles on; ``"result"`` is
-    ``"first"`` except that a restated equation counts by its result: in "4 + 3 = 7, so..." the answer
-    is 7 (the first number after the first "="), not 4.
-    """
+def _explicit_answer(text: str) -> Fraction | None:
+    """The number after the last ``####``, else the value of the last ``\\boxed{}``; None if neither gives one."""
     if "####" in text:
         numbers = find_numbers(text.split("####")[-1])
         if numbers:
             return numbers[0]
     boxed = extract_boxed(text)
-    if boxed is not None:
-        value = parse_number(boxed)
-        if value is None:
-            numbers = find_numbers(boxed)
-            value = numbers[-1] if numbers else None
-        if value is not None:
-            return value
+    if boxed is None:
+        return None
+    value = parse_number(boxed)
+    if value is None:
+        numbers = find_numbers(boxed)
+        value = numbers[-1] if numbers else None
+    return value
+
+
+def first_number_complete(text: str) -> bool:
+    """Whether the first number of ``text`` is written out, so that no appended text can change it.
+
+    A number grows while digits, ``,ddd`` groups or ``.dd`` decimals follow it; once a character other than a
+    digit, comma or point comes after it, it cannot (the first number is where :func:`find_numbers` starts).
+    """
+    for match in _NUMBER_RE.finditer(text):
+        if parse_number(match.group(0)) is not None:
+            return re.search(r"[^\d,.]", text[match.end() :]) is not None
+    return False
+
+
+def extract_numeric_answer(text: str, position: str = "last", explicit: bool = True) -> Fraction | None:
+    """The model's numeric answer: an explicit ``####`` or ``\\boxed{}`` answer wins, else by ``position``.
+
+    ``"last"`` (the last number) suits chain-of-thought answers (GSM8K). ``"first"`` suits "answer with
+    just the number" prompts where a small model states the answer and then rambles on; ``"result"`` is
+    ``"first"`` except that a restated equation counts by its result: in "4 + 3 = 7, so..." the answer
+    is 7 (the first number after the first "="), not 4. ``explicit=False`` reads by ``position`` alone, so
+    that a ``####`` in the rambling after the first number cannot overrule it.
+    """
+    if explicit:
+        stated = _explicit_answer(text)
+        if stated is not None:
+            return stated
     if position == "result" and "=" in text:
         after = find_numbers(text.split("=", 1)[1])
         if after:

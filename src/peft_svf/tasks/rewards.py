@@ -17,6 +17,7 @@ from .extract import (
     extract_choice,
     extract_code,
     extract_numeric_answer,
+    first_number_complete,
     math_answers_equal,
     parse_number,
 )
@@ -51,12 +52,16 @@ def _named(name: str, func: RewardFunc) -> RewardFunc:
     return func
 
 
-def numeric_reward(answer_column: str = "answer", position: str = "last", name: str = "numeric_reward") -> RewardFunc:
+def numeric_reward(
+    answer_column: str = "answer", position: str = "last", name: str = "numeric_reward", explicit: bool = True
+) -> RewardFunc:
     """Reward for a numeric answer (GSM8K-style ``#### 72`` references or plain numbers) compared exactly.
 
     ``position`` picks the number when the model gives no ``####``/``\\boxed{}`` answer: ``"last"`` for
     chain-of-thought, ``"first"`` or ``"result"`` (a restated "3 + 5 = 8" reads 8) for "answer with just
-    the number" prompts; see :func:`peft_svf.tasks.extract.extract_numeric_answer`.
+    the number" prompts; see :func:`peft_svf.tasks.extract.extract_numeric_answer`. ``explicit=False``
+    ignores ``####``/``\\boxed{}``; with ``"first"`` the reward is then fixed once the first number is
+    written out, so it declares ``completion_done`` and generation can stop there.
     """
 
     def reward(completions: list, **columns: Any) -> list[float]:
@@ -64,10 +69,12 @@ def numeric_reward(answer_column: str = "answer", position: str = "last", name: 
         for completion, reference in zip(completions, columns[answer_column], strict=True):
             ref = str(reference)
             gold = parse_number(ref.split("####")[-1])
-            pred = extract_numeric_answer(completion_text(completion), position=position)
+            pred = extract_numeric_answer(completion_text(completion), position=position, explicit=explicit)
             scores.append(_score(gold is not None and pred == gold))
         return scores
 
+    if position == "first" and not explicit:
+        reward.completion_done = first_number_complete
     return _named(name, reward)
 
 
