@@ -48,7 +48,8 @@ def test_report_has_every_method_on_every_unseen_task_and_the_figures(job):
 
 def test_base_and_expert_rows_match_an_independent_evaluation(job):
     config, summary = job
-    task = get_task(config.unseen_tasks[0])
+    task = config.task(config.unseen_tasks[0])  # the smoke run's budget (QUICK caps it)
+    assert task.max_new_tokens == min(get_task(task.name).max_new_tokens, config.max_new_tokens)
     model, tokenizer = load_embedded_model()
     sizes = dict(n=config.unseen_n, batch_size=config.unseen_batch_size, progress=False)
     base = evaluate(model, task, tokenizer, **sizes)
@@ -88,8 +89,12 @@ def test_each_expert_trains_at_its_tasks_recipe_rate_and_beta(job):
         # TINY trains to the first validation only, where the recipe probes one seed even on offline_code
         assert results["pipeline_settings"]["candidates"] == results["settings"]["candidates"] == recipe_candidates(
             "svf", task_name, steps=config.expert_steps, eval_steps=config.expert_eval_steps) == 1  # fmt: skip
-        # Code's rollouts stop at its first closed block, so a code expert trained before they did is retrained.
-        assert results["pipeline_settings"].get("stops_at_answer", False) == (task_name == "offline_code")
+        # Code's rollouts stop at its first closed block and reasoning's after the first number, so an expert of
+        # theirs trained before they did is retrained.
+        assert results["pipeline_settings"].get("stops_at_answer", False) == (task_name != "offline_math")
+        # the smoke run's token cap reaches training, and a job with another cap trains again
+        assert results["settings"]["max_new_tokens"] == min(get_task(task_name).max_new_tokens, 24)
+        assert results["pipeline_settings"]["max_new_tokens"] == config.max_new_tokens == 24
     assert rates == {task: recipe_learning_rate("svf", task) for task in config.expert_tasks.values()}
     assert rates["offline_math"] == TASK_LEARNING_RATES[("svf", "offline_math")] != rates["offline_code"]
     assert set(betas.values()) == {RECIPE_BETAS["svf"]}

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..defaults import CLASSIFIER_TEMPERATURE, ROLLOUT_TEMPERATURE
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 # The offline suite: one training task per expert domain, and the unseen tasks Table 2 is measured on.
 DEFAULT_EXPERT_TASKS = {"math": "offline_math", "code": "offline_code", "reasoning": "offline_reasoning"}
@@ -55,6 +58,18 @@ class PipelineConfig:
     cem_population: int = 32
     cem_generations: int = 3
     cem_elite_ratio: float = 0.2
+    # caps every task's token budget (training, tests, unseen tasks, CEM); None: each task's own. A smoke run's cap:
+    # decoding is most of its time, and its figures measure nothing
+    max_new_tokens: int | None = None
+
+    def task(self, name: str) -> Task:
+        """The registered task, its token budget capped at ``max_new_tokens``."""
+        from ..tasks import get_task  # not at import: ``--help`` loads no datasets
+
+        task = get_task(name)
+        if self.max_new_tokens is None or task.max_new_tokens <= self.max_new_tokens:
+            return task
+        return replace(task, max_new_tokens=self.max_new_tokens)
 
     def expert_settings(self, lr: float, beta: float, candidates: int, stops_at_answer: bool) -> dict[str, Any]:
         """The settings an expert was trained with (``lr``, ``candidates``: its task's; ``beta``: the resolved KL
@@ -65,6 +80,8 @@ class PipelineConfig:
                         temperature=self.expert_temperature, candidates=candidates,
                         eval_steps=self.expert_eval_steps,
                         valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
+        if self.max_new_tokens is not None:
+            settings["max_new_tokens"] = self.max_new_tokens
         return {**settings, "stops_at_answer": True} if stops_at_answer else settings
 
     def classifier_settings(self) -> dict[str, Any]:
@@ -97,6 +114,7 @@ QUICK = replace(
     cem_shots=2,
     cem_population=4,
     cem_generations=1,
+    max_new_tokens=24,
 )
 
 

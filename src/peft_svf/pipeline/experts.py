@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import EXPERT_DIR, RESULTS_FILE, as_stored, write_json
-from ..tasks import get_task, stop_condition
+from ..tasks import stop_condition
 from ..trainer.recipe import recipe_beta, recipe_candidates, recipe_learning_rate, train_expert
 from .config import PipelineConfig
 
@@ -46,14 +46,15 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
         lr = recipe_learning_rate("svf", task_name, config.expert_lr)
         candidates = recipe_candidates("svf", task_name, config.expert_candidates, steps=config.expert_steps,
                                        eval_steps=config.expert_eval_steps)  # fmt: skip
-        stops_at_answer = stop_condition(get_task(task_name).reward) is not None
+        task = config.task(task_name)
+        stops_at_answer = stop_condition(task.reward) is not None
         settings = config.expert_settings(lr, beta, candidates, stops_at_answer)
         results = _reusable_results(folder, settings)
         if results is None:
             logger.info("training the %s expert on %s", domain, task_name)
             model, tokenizer = load_model()
             results = train_expert(
-                model, tokenizer, get_task(task_name), folder, steps=config.expert_steps,
+                model, tokenizer, task, folder, steps=config.expert_steps,
                 batch=config.expert_batch, lr=lr, beta=beta, temperature=config.expert_temperature,
                 candidates=candidates,
                 eval_steps=config.expert_eval_steps, valid_n=config.expert_valid_n,

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from ..tasks import Task, evaluate, get_task, train_valid_split
+from ..tasks import Task, evaluate, train_valid_split
 from ..tasks.classification import OTHERS
 from .config import PipelineConfig
 
@@ -96,7 +96,7 @@ def evaluate_unseen(
     peft_model, experts = adaptive_model.model, list(adaptive_model.experts)
     table: dict[str, dict[str, Any]] = {}
     for task_name in config.unseen_tasks:
-        task = get_task(task_name)
+        task = config.task(task_name)
         logger.info("unseen task %s (%d items)", task_name, config.unseen_n)
         with peft_model.disable_adapter():
             row = {BASE_MODEL: _score(peft_model, task, tokenizer, config, None)}
