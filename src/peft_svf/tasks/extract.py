@@ -8,6 +8,7 @@ string processing so that it can be tested exhaustively without a model.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from fractions import Fraction
 
 # A number: optional sign (ASCII or Unicode minus), thousands groups or plain digits, optional decimals.
@@ -37,14 +38,17 @@ def parse_number(text: str) -> Fraction | None:
         return None
 
 
-def find_numbers(text: str) -> list[Fraction]:
-    """All numbers in free text, in order, with commas as thousands separators (``1,234`` is one number)."""
-    values = []
+def _numbers(text: str) -> Iterator[tuple[re.Match[str], Fraction]]:
+    """Each number of free text with where it stands, in order (a match whose value does not parse is skipped)."""
     for match in _NUMBER_RE.finditer(text):
         value = parse_number(match.group(0))
         if value is not None:
-            values.append(value)
-    return values
+            yield match, value
+
+
+def find_numbers(text: str) -> list[Fraction]:
+    """All numbers in free text, in order, with commas as thousands separators (``1,234`` is one number)."""
+    return [value for _, value in _numbers(text)]
 
 
 def extract_boxed(text: str) -> str | None:
@@ -90,10 +94,8 @@ def first_number_complete(text: str) -> bool:
     A number grows while digits, ``,ddd`` groups or ``.dd`` decimals follow it; once a character other than a
     digit, comma or point comes after it, it cannot (the first number is where :func:`find_numbers` starts).
     """
-    for match in _NUMBER_RE.finditer(text):
-        if parse_number(match.group(0)) is not None:
-            return re.search(r"[^\d,.]", text[match.end() :]) is not None
-    return False
+    first = next(_numbers(text), None)
+    return first is not None and re.search(r"[^\d,.]", text[first[0].end() :]) is not None
 
 
 def extract_numeric_answer(text: str, position: str = "last", explicit: bool = True) -> Fraction | None:
