@@ -60,6 +60,9 @@ def run_variant(
 ) -> list[dict]:
     """Train ``args.steps`` steps of one variant; per-step seconds of each part (warm-up step dropped)."""
     make_config, settings = VARIANTS[name]
+    peft_config = make_config()
+    if args.bf16 and isinstance(peft_config, SVFConfig):
+        peft_config.factors_dtype = "bfloat16"  # as train_expert(bf16=True): no cast of the factors per forward
     trainer = SVFTrainer(
         copy.deepcopy(base),
         reward,
@@ -76,10 +79,12 @@ def run_variant(
             save_strategy="no",
             disable_tqdm=True,
             seed=0,
+            bf16=args.bf16,
+            use_cpu=args.bf16,
         ),
         train_dataset=data,
         processing_class=tokenizer,
-        peft_config=make_config(),
+        peft_config=peft_config,
     )
     trainer.train()
     rows = []
@@ -109,6 +114,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--bf16", action="store_true", help="mixed precision as train_expert(bf16=True): bf16 autocast, SVF factors in bf16")
     parser.add_argument("--output", type=Path, default=Path("trainer_step_breakdown.json"))
     args = parser.parse_args()
     if args.threads:

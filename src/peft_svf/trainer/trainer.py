@@ -7,7 +7,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rota
 from trl.data_utils import is_conversational
 from trl.trainer.utils import identity, selective_log_softmax
 
+from ..precision import contiguous_head_input, frozen_weights_in
 from ..prefix import can_share_prefix, positions_from_mask, prefix_cache, prefix_layout, shared_prefix_length
 from ..prompts import render
 from ..stopping import RowsDone
@@ -164,19 +165,27 @@ class SVFTrainer(Trainer):
         Merged by :func:`~peft_svf.svf.merging.merged_for_inference`, which puts the original weight tensors
         back afterwards: PEFT's merge/unmerge round trip rounds ``W``, and with the adapter changing between
         steps the error accumulated (a bf16 layer 2.6% off after 1,000 updates). Weights it cannot merge
-        exactly (quantised, tied) generate unmerged.
+        exactly (quantised, tied) generate unmerged. Under mixed precision (``bf16=True``) the frozen weights
+        are cast once for the rollout (:func:`~peft_svf.precision.frozen_weights_in`) and it runs in
+        accelerate's autocast, like the forward.
         """
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         try:
-            if self.args.merge_adapter_for_generation:
-                with merged_for_inference(model):
-                    yield model
-            else:
+            with ExitStack() as stack:
+                if self.args.merge_adapter_for_generation:
+                    stack.enter_context(merged_for_inference(model))
+                stack.enter_context(frozen_weights_in(model, self._half_dtype()))
+                stack.enter_context(self.accelerator.autocast())
+                stack.enter_context(contiguous_head_input(model))
                 yield model
         finally:
             model.train(was_training)
+
+    def _half_dtype(self) -> torch.dtype | None:
+        """The dtype mixed precision computes in (``bf16``/``fp16``); None in full precision."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.accelerator.mixed_precision)
 
     def _generate(self, rows: list[dict[str, Any]], num_generations: int, sample: bool) -> dict[str, Any]:
         """Complete every prompt ``num_generations`` times: seeded sampling for training, greedy for eval."""
@@ -296,14 +305,15 @@ class SVFTrainer(Trainer):
         keep = inputs["completion_ids"].size(1) + 1
         shared = inputs.get("shared_prefix_length", 0) if can_share_prefix(model) else 0
         cache = {"cache": prefix_cache(model, input_ids[0, :shared], len(input_ids))} if shared else {}
-        logits = model(
-            input_ids=input_ids[:, shared:],
-            attention_mask=attention_mask,
-            position_ids=position_ids[:, shared:],
-            use_cache=bool(shared),
-            logits_to_keep=keep,
-            **cache,
-        ).logits
+        with contiguous_head_input(self.accelerator.unwrap_model(model)):
+            logits = model(
+                input_ids=input_ids[:, shared:],
+                attention_mask=attention_mask,
+                position_ids=position_ids[:, shared:],
+                use_cache=bool(shared),
+                logits_to_keep=keep,
+                **cache,
+            ).logits
         return logits[:, -keep:-1, :].float() / self.args.temperature
 
     def compute_loss(
