@@ -72,10 +72,13 @@ def recipe_candidates(
     return TASK_CANDIDATES.get((adapter, task_name), 1) if steps > eval_steps else 1
 
 
-def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
-    """SVF on the per-architecture default targets, or the paper's LoRA baseline (r=16, attention)."""
+def adapter_config(kind: str, init_noise_std: float = 0.01, bf16: bool = False) -> PeftConfig:
+    """SVF on the per-architecture default targets, or the paper's LoRA baseline (r=16, attention).
+
+    ``bf16``: SVF's factors are kept in bfloat16, so that mixed-precision forwards do not cast them each time.
+    """
     if kind == "svf":
-        return SVFConfig(init_noise_std=init_noise_std)
+        return SVFConfig(init_noise_std=init_noise_std, factors_dtype="bfloat16" if bf16 else None)
     if kind == "lora":
         return LoraConfig(
             r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -125,6 +128,7 @@ def train_expert(
     evaluate_base: bool = True,
     progress: bool = True,
     kl_coef: float | None = None,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Train an adapter on ``task`` and return (and write to ``results.json``) base vs expert test accuracy.
 
@@ -141,9 +145,11 @@ def train_expert(
     SVF's 1e-2 diverges, and SVF on ``offline_math`` is steadier at 5e-3.
     ``beta=None`` takes the recipe's KL coefficient for the adapter kind (:func:`recipe_beta`).
     ``kl_coef`` is the deprecated name of ``beta`` (TRL's), accepted until the next release.
+    ``bf16=True`` trains in mixed precision (``TrainingArguments.bf16``, on the CPU too, with SVF's factors in
+    bfloat16); the test evaluation stays in the model's own dtype.
     """
     beta = resolve_renamed("kl_coef", kl_coef, "beta", beta, None)
-    peft_config = adapter_config(adapter)  # an unknown kind fails here, before any work
+    peft_config = adapter_config(adapter, bf16=bf16)  # an unknown kind fails here, before any work
     lr = recipe_learning_rate(adapter, task.name, lr)
     beta = recipe_beta(adapter, beta)
     candidates = recipe_candidates(adapter, task.name, candidates, steps=steps, eval_steps=eval_steps)
@@ -188,6 +194,8 @@ def train_expert(
                 report_to=[],
                 seed=run_seed,
                 disable_tqdm=not progress,
+                bf16=bf16,
+                use_cpu=bf16 and not torch.cuda.is_available(),  # TrainingArguments' condition for a CPU bf16
             ),
             train_dataset=train,
             eval_dataset=valid,
@@ -199,7 +207,7 @@ def train_expert(
     settings = dict(adapter=adapter, steps=steps, batch=batch, num_generations=num_generations,
                     advantage_baseline=advantage_baseline, candidates=candidates, lr=lr, beta=beta,
                     temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
-                    valid_n=valid_n, seed=seed)  # fmt: skip
+                    valid_n=valid_n, seed=seed, **({"bf16": True} if bf16 else {}))  # fmt: skip
     results: dict[str, Any] = {"task": task.name, "domain": task.domain, "settings": settings}
     run_seed, run_dir, resume, probe_wall = seed, output_dir, None, 0.0
     if candidates > 1:
