@@ -57,3 +57,11 @@ def contiguous_head_input(model: nn.Module) -> Iterator[None]:
     finally:
         if handle is not None:
             handle.remove()
+
+
+def native_bf16() -> bool:
+    """Whether this machine multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX or
+    AVX512-BF16. Elsewhere torch emulates bfloat16 on the CPU, slower than float32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()

@@ -38,6 +38,7 @@ def train_classification_expert(
     seed: int = 0,
     progress: bool = True,
     kl_coef: float | None = None,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Train ``z_c`` for ``tasks`` (``{label: task name}``, e.g. ``{"math": "offline_math", ...}``).
 
@@ -46,7 +47,8 @@ def train_classification_expert(
     questions in all, spread over the tasks' valid splits. The adapter is saved under
     ``output_dir/expert`` (load it with ``SelfAdaptiveModel.from_pretrained(..., classifier=that dir)``);
     returns (and writes to ``results.json``) its ``path``, validation accuracy by step and log history.
-    ``kl_coef`` is the deprecated name of ``beta``, as in :func:`~peft_svf.trainer.train_expert`.
+    ``kl_coef`` is the deprecated name of ``beta``, and ``bf16`` mixed precision, as in
+    :func:`~peft_svf.trainer.train_expert`.
     """
     output_dir = Path(output_dir)
     train = build_task_id_dataset(
@@ -63,6 +65,7 @@ def train_classification_expert(
         model, tokenizer, task, output_dir, train_dataset=train, valid_dataset=valid, steps=steps, batch=batch,
         lr=lr, beta=beta, temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
         valid_n=valid_n, test_n=0, seed=seed, evaluate_base=False, progress=progress, kl_coef=kl_coef,
+        bf16=bf16,
     )  # fmt: skip
     results.update(
         tasks=dict(tasks), train_rows=len(train), valid_rows=len(valid), path=str(output_dir / EXPERT_DIR)

@@ -61,6 +61,9 @@ class PipelineConfig:
     # caps every task's token budget (training, tests, unseen tasks, CEM); None: each task's own. A smoke run's cap:
     # decoding is most of its time, and its figures measure nothing
     max_new_tokens: int | None = None
+    # train the experts and z_c in bf16 mixed precision (train_expert(bf16=True)); tests and unseen tasks stay
+    # float32. None: where the machine multiplies bf16 natively (precision.native_bf16)
+    bf16: bool | None = None
 
     def task(self, name: str) -> Task:
         """The registered task, its token budget capped at ``max_new_tokens``."""
@@ -82,18 +85,32 @@ class PipelineConfig:
                         valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
         if self.max_new_tokens is not None:
             settings["max_new_tokens"] = self.max_new_tokens
+        settings.update(self._precision())
         return {**settings, "stops_at_answer": True} if stops_at_answer else settings
 
     def classifier_settings(self) -> dict[str, Any]:
         return dict(steps=self.classifier_steps, batch=self.classifier_batch, seed=self.seed,
                     temperature=self.classifier_temperature, eval_steps=self.classifier_eval_steps,
                     valid_n=self.classifier_valid_n,
-                    experts=sorted(self.expert_tasks.items()))  # fmt: skip
+                    experts=sorted(self.expert_tasks.items()), **self._precision())  # fmt: skip
+
+    def trains_in_bf16(self) -> bool:
+        if self.bf16 is not None:
+            return self.bf16
+        from ..precision import native_bf16  # not at import: ``--help`` loads no torch
+
+        return native_bf16()
+
+    def _precision(self) -> dict[str, Any]:
+        """Recorded only for bf16, so that experts trained in float32 before the option existed are reused."""
+        return {"bf16": True} if self.trains_in_bf16() else {}
 
     def to_dict(self) -> dict[str, Any]:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         if not self.seeds:  # a single-seed job's results.json keeps the keys it had before --seeds
             del config["seeds"]
+        del config["bf16"]  # resolved: recorded for bf16 only, so a float32 job keeps the keys it had before
+        config.update(self._precision())
         return config
 
 
@@ -138,6 +155,9 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
                       help="several seeds: one job each in OUTPUT_DIR/seed-<s>/, then OUTPUT_DIR/report/ "
                       "with mean ± sd over seeds and 95%% bootstrap CIs")  # fmt: skip
     parser.add_argument("--unseen-n", type=int, default=None, help="test items per unseen task")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="train the experts and z_c in bf16 mixed precision (default: where the machine "
+                        "multiplies bf16 natively: a CPU with AMX or AVX512-BF16, a CUDA GPU)")  # fmt: skip
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     changes: dict[str, Any] = {"model": args.model, "seed": args.seed}
@@ -149,4 +169,6 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
         changes["output_dir"] = args.output_dir
     if args.unseen_n is not None:
         changes["unseen_n"] = args.unseen_n
+    if args.bf16 is not None:
+        changes["bf16"] = args.bf16
     return replace(config, **changes)

@@ -58,7 +58,7 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
                 batch=config.expert_batch, lr=lr, beta=beta, temperature=config.expert_temperature,
                 candidates=candidates,
                 eval_steps=config.expert_eval_steps, valid_n=config.expert_valid_n,
-                test_n=config.expert_test_n, seed=config.seed,
+                test_n=config.expert_test_n, seed=config.seed, bf16=config.trains_in_bf16(),
             )  # fmt: skip
             results = _remember(folder, results, settings)
         else:
@@ -82,6 +82,7 @@ def classification_expert(config: PipelineConfig, load_model: ModelLoader) -> di
             model, tokenizer, tasks=config.expert_tasks, output_dir=folder, steps=config.classifier_steps,
             batch=config.classifier_batch, temperature=config.classifier_temperature,
             eval_steps=config.classifier_eval_steps, valid_n=config.classifier_valid_n, seed=config.seed,
+            bf16=config.trains_in_bf16(),
         )  # fmt: skip
         results = _remember(folder, results, settings)
     results["path"] = str(folder / EXPERT_DIR)
