@@ -60,9 +60,6 @@ def run_variant(
 ) -> list[dict]:
     """Train ``args.steps`` steps of one variant; per-step seconds of each part (warm-up step dropped)."""
     make_config, settings = VARIANTS[name]
-    peft_config = make_config()
-    if args.bf16 and isinstance(peft_config, SVFConfig):
-        peft_config.factors_dtype = "bfloat16"  # as train_expert(bf16=True): no cast of the factors per forward
     trainer = SVFTrainer(
         copy.deepcopy(base),
         reward,
@@ -84,7 +81,7 @@ def run_variant(
         ),
         train_dataset=data,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=make_config(),
     )
     trainer.train()
     rows = []
@@ -114,7 +111,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--bf16", action="store_true", help="mixed precision as train_expert(bf16=True): bf16 autocast, SVF factors in bf16")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (TrainingArguments.bf16), as train_expert(bf16=True)")
     parser.add_argument("--output", type=Path, default=Path("trainer_step_breakdown.json"))
     args = parser.parse_args()
     if args.threads:

@@ -8,12 +8,13 @@ greedy ``generate`` under autocast.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-from peft_svf.precision import contiguous_head_input, frozen_weights_in
+from peft_svf.precision import SVF_FACTORS, contiguous_head_input, factors_in, frozen_weights_in
 from trainer_fixtures import make_trainer, prompts, tiny_llama, tiny_tokenizer
 
 
@@ -107,15 +108,49 @@ def test_bf16_rollouts_are_the_bf16_merged_model_greedy_and_leave_the_weights_ex
     assert torch.equal(rollout["completion_ids"][mask], expected[: mask.size(0), : mask.size(1)][mask])
 
 
-def test_a_bf16_training_step_updates_only_the_vectors_and_keeps_float32_weights(tmp_path):
+def factor_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b for name, b in model.named_buffers() if name.rsplit(".", 1)[-1] in SVF_FACTORS}
+
+
+def test_factors_are_cast_inside_and_the_same_tensors_come_back(tmp_path):
+    model = make_trainer(str(tmp_path)).model
+    before = {name: (b.data_ptr(), b.clone()) for name, b in factor_buffers(model).items()}
+    singular_values = {name: b for name, b in model.named_buffers() if name.endswith("svf_S")}
+    assert before and singular_values
+    with pytest.raises(RuntimeError, match="inside"), factors_in(model, torch.bfloat16):
+        for name, b in factor_buffers(model).items():
+            torch.testing.assert_close(b, before[name][1].to(torch.bfloat16), rtol=0, atol=0)
+        assert all(b.dtype == torch.float32 for b in singular_values.values())
+        raise RuntimeError("inside")
+    for name, b in factor_buffers(model).items():
+        assert b.data_ptr() == before[name][0] and torch.equal(b, before[name][1]), name
+
+
+class FactorDtypes(TrainerCallback):
+    def __init__(self) -> None:
+        self.seen: set[torch.dtype] = set()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.seen |= {b.dtype for b in factor_buffers(model).values()}
+
+
+def test_a_bf16_training_updates_only_the_vectors_and_leaves_no_trace_in_weights_or_saved_config(tmp_path):
     trainer = make_trainer(str(tmp_path), bf16=True, use_cpu=True, max_steps=2, beta=0.1)
     frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
     vectors = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    factors = {name: (b.data_ptr(), b.clone()) for name, b in factor_buffers(trainer.model).items()}
+    dtypes = FactorDtypes()
+    trainer.add_callback(dtypes)
     trainer.train()
+    assert dtypes.seen == {torch.bfloat16}  # cast once for the training, not at each forward
     for name, p in trainer.model.named_parameters():
         assert p.dtype == torch.float32, name
         if p.requires_grad:
             assert torch.isfinite(p).all() and not torch.equal(p, vectors[name]), name
         else:
             assert torch.equal(p, frozen[name]), name
+    for name, b in factor_buffers(trainer.model).items():
+        assert b.data_ptr() == factors[name][0] and torch.equal(b, factors[name][1]), name
     assert all(torch.isfinite(torch.tensor(log["loss"])) for log in trainer.state.log_history if "loss" in log)
+    trainer.save_model(str(tmp_path / "saved"))
+    assert json.loads((tmp_path / "saved" / "adapter_config.json").read_text())["factors_dtype"] is None

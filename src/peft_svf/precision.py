@@ -59,6 +59,34 @@ def contiguous_head_input(model: nn.Module) -> Iterator[None]:
             handle.remove()
 
 
+# The weight-sized buffers of SVF's layers; its singular values stay float32 (the gain is computed from them).
+SVF_FACTORS = ("svf_U", "svf_Vh")
+
+
+@contextmanager
+def factors_in(model: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """Inside the block, the factors ``U`` and ``V`` of every SVF layer of ``model`` are ``dtype`` copies.
+
+    Autocast casts them at every forward (buffers are not in its cache of cast weights): cast them once for a
+    whole training instead, to the values autocast would cast them to. Unlike ``SVFConfig.factors_dtype`` this
+    is no property of the adapter: a saved adapter records nothing of it, and on exit, also after an error,
+    each layer holds its original factors again. ``dtype=None`` changes nothing.
+    """
+    originals: list[tuple[nn.Module, str, torch.Tensor]] = []
+    try:
+        if dtype is not None:
+            for module in model.modules():
+                for name in SVF_FACTORS:
+                    factor = module._buffers.get(name)
+                    if factor is not None and factor.is_floating_point() and factor.dtype != dtype:
+                        originals.append((module, name, factor))
+                        setattr(module, name, factor.to(dtype))
+        yield
+    finally:
+        for module, name, factor in originals:
+            setattr(module, name, factor)
+
+
 def native_bf16() -> bool:
     """Whether this machine multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX or
     AVX512-BF16. Elsewhere torch emulates bfloat16 on the CPU, slower than float32."""

@@ -72,13 +72,10 @@ def recipe_candidates(
     return TASK_CANDIDATES.get((adapter, task_name), 1) if steps > eval_steps else 1
 
 
-def adapter_config(kind: str, init_noise_std: float = 0.01, bf16: bool = False) -> PeftConfig:
-    """SVF on the per-architecture default targets, or the paper's LoRA baseline (r=16, attention).
-
-    ``bf16``: SVF's factors are kept in bfloat16, so that mixed-precision forwards do not cast them each time.
-    """
+def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
+    """SVF on the per-architecture default targets, or the paper's LoRA baseline (r=16, attention)."""
     if kind == "svf":
-        return SVFConfig(init_noise_std=init_noise_std, factors_dtype="bfloat16" if bf16 else None)
+        return SVFConfig(init_noise_std=init_noise_std)
     if kind == "lora":
         return LoraConfig(
             r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -145,11 +142,11 @@ def train_expert(
     SVF's 1e-2 diverges, and SVF on ``offline_math`` is steadier at 5e-3.
     ``beta=None`` takes the recipe's KL coefficient for the adapter kind (:func:`recipe_beta`).
     ``kl_coef`` is the deprecated name of ``beta`` (TRL's), accepted until the next release.
-    ``bf16=True`` trains in mixed precision (``TrainingArguments.bf16``, on the CPU too, with SVF's factors in
-    bfloat16); the test evaluation stays in the model's own dtype.
+    ``bf16=True`` trains (rollouts, updates, validation) in mixed precision (``TrainingArguments.bf16``, on the
+    CPU too); the test evaluation stays in the model's own dtype, and the saved expert is the same kind of file.
     """
     beta = resolve_renamed("kl_coef", kl_coef, "beta", beta, None)
-    peft_config = adapter_config(adapter, bf16=bf16)  # an unknown kind fails here, before any work
+    peft_config = adapter_config(adapter)  # an unknown kind fails here, before any work
     lr = recipe_learning_rate(adapter, task.name, lr)
     beta = recipe_beta(adapter, beta)
     candidates = recipe_candidates(adapter, task.name, candidates, steps=steps, eval_steps=eval_steps)

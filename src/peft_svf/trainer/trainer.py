@@ -30,7 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rota
 from trl.data_utils import is_conversational
 from trl.trainer.utils import identity, selective_log_softmax
 
-from ..precision import contiguous_head_input, frozen_weights_in
+from ..precision import contiguous_head_input, factors_in, frozen_weights_in
 from ..prefix import can_share_prefix, positions_from_mask, prefix_cache, prefix_layout, shared_prefix_length
 from ..prompts import render
 from ..stopping import RowsDone
@@ -441,11 +441,13 @@ class SVFTrainer(Trainer):
                     "AdamW's moments or the learning-rate schedule); pick a complete checkpoint, or pass "
                     "resume_from_checkpoint=True to take the newest complete one."
                 )
-        return super().train(
-            resume_from_checkpoint=resume_from_checkpoint,
-            trial=trial,
-            ignore_keys_for_eval=ignore_keys_for_eval,
-        )
+        # Mixed precision: SVF's factors are cast once for the whole training, not at every forward.
+        with factors_in(self.accelerator.unwrap_model(self.model), self._half_dtype()):
+            return super().train(
+                resume_from_checkpoint=resume_from_checkpoint,
+                trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval,
+            )
 
     def _checkpoint_problems(self, checkpoint: str) -> list[str]:
         return checkpoint_problems(checkpoint, self.args.process_index, self.args.world_size)
