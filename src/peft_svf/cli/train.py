@@ -99,7 +99,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--seed", type=int, default=0, help="default: 0")
     run.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                      help="train in bf16 mixed precision (rollouts, updates, validation; the test stays in the "
-                     "model's dtype); default: where the machine multiplies bf16 natively (AMX, AVX512-BF16, CUDA)")
+                     "model's dtype); default: the recipe's choice for the task (offline_reasoning) where the "
+                     "machine multiplies bf16 natively (AMX, AVX512-BF16, CUDA)")
     run.add_argument("--output-dir", type=Path, default=None,
                      help="default: experts/<task>-<adapter>-seed<seed>")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -138,7 +139,6 @@ def _data_task(
 def main(args: argparse.Namespace) -> int:
     from ..hub import write_model_card
     from ..paths import EXPERT_DIR, RESULTS_FILE
-    from ..precision import native_bf16
     from ..tasks import get_task
     from ..trainer.config import resolve_renamed
     from ..trainer.recipe import train_expert
@@ -164,8 +164,7 @@ def main(args: argparse.Namespace) -> int:
         candidates=args.candidates, lr=args.lr, beta=beta,
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, eval_steps=args.eval_steps,
         valid_n=args.valid_n, test_n=test_n, seed=args.seed,
-        evaluate_base=not args.skip_base_eval, progress=not args.quiet,
-        bf16=native_bf16() if args.bf16 is None else args.bf16,
+        evaluate_base=not args.skip_base_eval, progress=not args.quiet, bf16=args.bf16,
     )  # fmt: skip
     results["reward"] = getattr(task.reward, "__name__", args.reward)
     if files:

@@ -61,8 +61,9 @@ class PipelineConfig:
     # caps every task's token budget (training, tests, unseen tasks, CEM); None: each task's own. A smoke run's cap:
     # decoding is most of its time, and its figures measure nothing
     max_new_tokens: int | None = None
-    # train the experts and z_c in bf16 mixed precision (train_expert(bf16=True)); tests and unseen tasks stay
-    # float32. None: where the machine multiplies bf16 natively (precision.native_bf16)
+    # bf16 mixed precision in training (train_expert(bf16=...)); tests and unseen tasks stay float32. None: each
+    # expert's recipe (trainer.recipe.recipe_bf16: reasoning, where the machine multiplies bf16 natively), z_c in
+    # float32; True / False: every expert and z_c
     bf16: bool | None = None
 
     def task(self, name: str) -> Task:
@@ -74,43 +75,35 @@ class PipelineConfig:
             return task
         return replace(task, max_new_tokens=self.max_new_tokens)
 
-    def expert_settings(self, lr: float, beta: float, candidates: int, stops_at_answer: bool) -> dict[str, Any]:
-        """The settings an expert was trained with (``lr``, ``candidates``: its task's; ``beta``: the resolved KL
-        coefficient); a stored expert is reused only when they match. ``stops_at_answer``: its rollouts end where
-        the task's reward stops reading (recorded only then, so that experts of other tasks trained before
-        2026-12-07, when rollouts started to stop, are still reused)."""
+    def expert_settings(
+        self, lr: float, beta: float, candidates: int, stops_at_answer: bool, bf16: bool = False
+    ) -> dict[str, Any]:
+        """The settings an expert was trained with (``lr``, ``candidates``, ``bf16``: its task's; ``beta``: the
+        resolved KL coefficient); a stored expert is reused only when they match. ``stops_at_answer``: its
+        rollouts end where the task's reward stops reading (recorded only then, as ``bf16``, so that experts
+        trained before 2026-12-07, when rollouts started to stop and bf16 came, are still reused)."""
         settings = dict(steps=self.expert_steps, batch=self.expert_batch, lr=lr, beta=beta,
                         temperature=self.expert_temperature, candidates=candidates,
                         eval_steps=self.expert_eval_steps,
                         valid_n=self.expert_valid_n, seed=self.seed)  # fmt: skip
         if self.max_new_tokens is not None:
             settings["max_new_tokens"] = self.max_new_tokens
-        settings.update(self._precision())
+        settings.update({"bf16": True} if bf16 else {})
         return {**settings, "stops_at_answer": True} if stops_at_answer else settings
 
     def classifier_settings(self) -> dict[str, Any]:
         return dict(steps=self.classifier_steps, batch=self.classifier_batch, seed=self.seed,
                     temperature=self.classifier_temperature, eval_steps=self.classifier_eval_steps,
                     valid_n=self.classifier_valid_n,
-                    experts=sorted(self.expert_tasks.items()), **self._precision())  # fmt: skip
-
-    def trains_in_bf16(self) -> bool:
-        if self.bf16 is not None:
-            return self.bf16
-        from ..precision import native_bf16  # not at import: ``--help`` loads no torch
-
-        return native_bf16()
-
-    def _precision(self) -> dict[str, Any]:
-        """Recorded only for bf16, so that experts trained in float32 before the option existed are reused."""
-        return {"bf16": True} if self.trains_in_bf16() else {}
+                    experts=sorted(self.expert_tasks.items()),
+                    **({"bf16": True} if self.bf16 else {}))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         if not self.seeds:  # a single-seed job's results.json keeps the keys it had before --seeds
             del config["seeds"]
-        del config["bf16"]  # resolved: recorded for bf16 only, so a float32 job keeps the keys it had before
-        config.update(self._precision())
+        if self.bf16 is None:  # the recipe's precision: the keys the job had before the setting came
+            del config["bf16"]
         return config
 
 
@@ -156,8 +149,8 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
                       "with mean ± sd over seeds and 95%% bootstrap CIs")  # fmt: skip
     parser.add_argument("--unseen-n", type=int, default=None, help="test items per unseen task")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="train the experts and z_c in bf16 mixed precision (default: where the machine "
-                        "multiplies bf16 natively: a CPU with AMX or AVX512-BF16, a CUDA GPU)")  # fmt: skip
+                        help="train every expert and z_c in bf16 mixed precision, or none (default: each "
+                        "expert's recipe: reasoning in bf16 where the machine multiplies it natively)")  # fmt: skip
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     changes: dict[str, Any] = {"model": args.model, "seed": args.seed}

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..paths import EXPERT_DIR, RESULTS_FILE, as_stored, write_json
 from ..tasks import stop_condition
-from ..trainer.recipe import recipe_beta, recipe_candidates, recipe_learning_rate, train_expert
+from ..trainer.recipe import recipe_beta, recipe_bf16, recipe_candidates, recipe_learning_rate, train_expert
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
                                        eval_steps=config.expert_eval_steps)  # fmt: skip
         task = config.task(task_name)
         stops_at_answer = stop_condition(task.reward) is not None
-        settings = config.expert_settings(lr, beta, candidates, stops_at_answer)
+        bf16 = recipe_bf16("svf", task_name, config.bf16)
+        settings = config.expert_settings(lr, beta, candidates, stops_at_answer, bf16)
         results = _reusable_results(folder, settings)
         if results is None:
             logger.info("training the %s expert on %s", domain, task_name)
@@ -58,7 +59,7 @@ def domain_experts(config: PipelineConfig, load_model: ModelLoader) -> dict[str,
                 batch=config.expert_batch, lr=lr, beta=beta, temperature=config.expert_temperature,
                 candidates=candidates,
                 eval_steps=config.expert_eval_steps, valid_n=config.expert_valid_n,
-                test_n=config.expert_test_n, seed=config.seed, bf16=config.trains_in_bf16(),
+                test_n=config.expert_test_n, seed=config.seed, bf16=bf16,
             )  # fmt: skip
             results = _remember(folder, results, settings)
         else:
@@ -82,7 +83,7 @@ def classification_expert(config: PipelineConfig, load_model: ModelLoader) -> di
             model, tokenizer, tasks=config.expert_tasks, output_dir=folder, steps=config.classifier_steps,
             batch=config.classifier_batch, temperature=config.classifier_temperature,
             eval_steps=config.classifier_eval_steps, valid_n=config.classifier_valid_n, seed=config.seed,
-            bf16=config.trains_in_bf16(),
+            bf16=bool(config.bf16),
         )  # fmt: skip
         results = _remember(folder, results, settings)
     results["path"] = str(folder / EXPERT_DIR)

@@ -14,6 +14,7 @@ _EXPORTS = {
     "SVFTrainingConfig": ".config",
     "train_expert": ".recipe",
     "recipe_beta": ".recipe",
+    "recipe_bf16": ".recipe",
     "recipe_candidates": ".recipe",
     "recipe_learning_rate": ".recipe",
 }
