@@ -1,9 +1,10 @@
-"""Frozen weights cast once for a block of inference, and the original tensors put back after.
+"""What mixed precision (``bf16=True``) needs to pay on a CPU: casts made once instead of at every call.
 
-Under autocast a frozen float32 weight is cast to bfloat16 at every call: in a rollout that is every
-decoding step, and on a CPU with bfloat16 matrix units the casts took longer than the matmuls they fed
-(SmolLM2, 16 prompts x 16 tokens: 1.55 s of copies beside 0.68 s of matmuls). Cast once per block
-instead; the original tensor objects come back on exit, so nothing is rounded for training.
+Autocast casts a frozen float32 weight to bfloat16 at every call: in a rollout that is every decoding step,
+and on a CPU with bfloat16 matrix units the casts took longer than the matmuls they fed (SmolLM2, 16 prompts x
+16 tokens: 1.55 s of copies beside 0.68 s of matmuls). ``frozen_weights_in`` casts the frozen weights once per
+rollout, ``factors_in`` SVF's factors once per training; both put the original tensors back on exit, so nothing
+is rounded for training. ``contiguous_head_input`` avoids a per-row copy of the output head's weight.
 """
 
 from __future__ import annotations

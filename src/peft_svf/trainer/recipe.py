@@ -75,7 +75,7 @@ def recipe_candidates(
 
 # Tasks whose experts train in bf16 mixed precision where the machine multiplies bf16 natively, chosen on
 # validation over five seeds each (docs/trainer.md, 2026-12-07). Reasoning: mean best validation 93.2% against
-# 88.8% in float32, worst seed 88% against 82%. Math stays float32: the same mean (73.5%) with a far wider spread
+# 88.8% in float32, worst seed 88% against 82%. Math stays float32: the same mean (73.6%) with a far wider spread
 # (60-90% against 64-80%). Elsewhere the numerics (and so the experts) are float32's.
 TASK_BF16 = {("svf", "offline_reasoning")}
 
