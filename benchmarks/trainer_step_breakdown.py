@@ -30,6 +30,7 @@ from peft import LoraConfig
 from peft_svf import SVFConfig
 from peft_svf.embedded import load_embedded_model
 from peft_svf.pipeline.config import DEFAULT_EXPERT_TASKS
+from peft_svf.precision import mixed_precision_args
 from peft_svf.tasks import get_task
 from peft_svf.tasks.classification import build_task_id_dataset, task_id_reward
 from peft_svf.trainer import SVFTrainer, SVFTrainingConfig
@@ -76,8 +77,7 @@ def run_variant(
             save_strategy="no",
             disable_tqdm=True,
             seed=0,
-            bf16=args.bf16,
-            use_cpu=args.bf16,
+            **mixed_precision_args(args.bf16),
         ),
         train_dataset=data,
         processing_class=tokenizer,

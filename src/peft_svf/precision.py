@@ -88,6 +88,11 @@ def factors_in(model: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
             setattr(module, name, factor)
 
 
+def mixed_precision_args(bf16: bool) -> dict[str, bool]:
+    """``TrainingArguments``' flags for bf16 mixed precision or none; without CUDA it also asks ``use_cpu``."""
+    return {"bf16": bf16, "use_cpu": bf16 and not torch.cuda.is_available()}
+
+
 def native_bf16() -> bool:
     """Whether this machine multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX or
     AVX512-BF16. Elsewhere torch emulates bfloat16 on the CPU, slower than float32."""

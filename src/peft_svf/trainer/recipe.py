@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 
 from ..defaults import ROLLOUT_TEMPERATURE  # the rollout temperature, shared with the CLI
 from ..paths import EXPERT_DIR, RESULTS_FILE, write_json
-from ..precision import native_bf16
+from ..precision import mixed_precision_args, native_bf16
 from ..svf import SVFConfig
 from ..svf.merging import merged_for_inference
 from ..tasks import Task, evaluate, train_valid_split
@@ -209,8 +209,7 @@ def train_expert(
                 report_to=[],
                 seed=run_seed,
                 disable_tqdm=not progress,
-                bf16=bf16,
-                use_cpu=bf16 and not torch.cuda.is_available(),  # TrainingArguments' condition for a CPU bf16
+                **mixed_precision_args(bf16),
             ),
             train_dataset=train,
             eval_dataset=valid,
