@@ -62,8 +62,8 @@ class PipelineConfig:
     # decoding is most of its time, and its figures measure nothing
     max_new_tokens: int | None = None
     # bf16 mixed precision in training (train_expert(bf16=...)); tests and unseen tasks stay float32. None: each
-    # expert's recipe (trainer.recipe.recipe_bf16: reasoning, where the machine multiplies bf16 natively), z_c in
-    # float32; True / False: every expert and z_c
+    # expert's recipe (trainer.recipe.recipe_bf16: code and reasoning, where the machine multiplies bf16
+    # natively), z_c in float32; True / False: every expert and z_c
     bf16: bool | None = None
 
     def task(self, name: str) -> Task:
@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     parser.add_argument("--unseen-n", type=int, default=None, help="test items per unseen task")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="train every expert and z_c in bf16 mixed precision, or none (default: each "
-                        "expert's recipe: reasoning in bf16 where the machine multiplies it natively)")  # fmt: skip
+                        "expert's recipe: code and reasoning in bf16 where the machine multiplies it natively)")  # fmt: skip
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     changes: dict[str, Any] = {"model": args.model, "seed": args.seed}
