@@ -61,10 +61,13 @@ class PipelineConfig:
     # caps every task's token budget (training, tests, unseen tasks, CEM); None: each task's own. A smoke run's cap:
     # decoding is most of its time, and its figures measure nothing
     max_new_tokens: int | None = None
-    # bf16 mixed precision in training (train_expert(bf16=...)); tests and unseen tasks stay float32. None: each
+    # bf16 mixed precision in training (train_expert(bf16=...)); the experts' tests stay float32. None: each
     # expert's recipe (trainer.recipe.recipe_bf16: code and reasoning, where the machine multiplies bf16
     # natively), z_c in float32; True / False: every expert and z_c
     bf16: bool | None = None
+    # the unseen tasks (Table 2: every method, dispatch and CEM included) in bf16 mixed precision
+    # (precision.inference_in); None: where the machine multiplies bf16 natively (docs/main-job.md)
+    unseen_bf16: bool | None = None
 
     def task(self, name: str) -> Task:
         """The registered task, its token budget capped at ``max_new_tokens``."""
@@ -98,8 +101,16 @@ class PipelineConfig:
                     experts=sorted(self.expert_tasks.items()),
                     **({"bf16": True} if self.bf16 else {}))  # fmt: skip
 
+    def unseen_in_bf16(self) -> bool:
+        """Whether the unseen tasks are scored in bf16 mixed precision (``unseen_bf16``, resolved)."""
+        from ..precision import native_bf16  # not at import: ``--help`` loads no torch
+
+        return native_bf16() if self.unseen_bf16 is None else self.unseen_bf16
+
     def to_dict(self) -> dict[str, Any]:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        # as run, so that a job scored in the other precision is not read back as this one's seed
+        config["unseen_bf16"] = self.unseen_in_bf16()
         if not self.seeds:  # a single-seed job's results.json keeps the keys it had before --seeds
             del config["seeds"]
         if self.bf16 is None:  # the recipe's precision: the keys the job had before the setting came
@@ -151,6 +162,9 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="train every expert and z_c in bf16 mixed precision, or none (default: each "
                         "expert's recipe: code and reasoning in bf16 where the machine multiplies it natively)")  # fmt: skip
+    parser.add_argument("--unseen-bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="score the unseen tasks (Table 2) in bf16 mixed precision, or in float32 (default: "
+                        "bf16 where the machine multiplies it natively)")  # fmt: skip
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     changes: dict[str, Any] = {"model": args.model, "seed": args.seed}
@@ -164,4 +178,6 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
         changes["unseen_n"] = args.unseen_n
     if args.bf16 is not None:
         changes["bf16"] = args.bf16
+    if args.unseen_bf16 is not None:
+        changes["unseen_bf16"] = args.unseen_bf16
     return replace(config, **changes)

@@ -7,6 +7,9 @@ import time
 from collections import Counter
 from typing import Any
 
+import torch
+
+from ..precision import inference_in
 from ..tasks import Task, evaluate, train_valid_split
 from ..tasks.classification import OTHERS
 from .config import PipelineConfig
@@ -90,25 +93,33 @@ def evaluate_unseen(
     """Every method on every unseen task: ``{task: {method: {"accuracy", "normalized", ...}}}``.
 
     ``adaptive_models`` holds SelfAdaptiveModels sharing one PeftModel, keyed by strategy (PROMPT,
-    CLASSIFIER, SOFT).
+    CLASSIFIER, SOFT). Everything runs in bf16 mixed precision when ``config.unseen_in_bf16()``.
     """
     adaptive_model = adaptive_models[PROMPT]
+    peft_model = adaptive_model.model
+    with inference_in(peft_model, torch.bfloat16 if config.unseen_in_bf16() else None):
+        return {task_name: _unseen_task(config, adaptive_models, task_name, tokenizer)
+                for task_name in config.unseen_tasks}  # fmt: skip
+
+
+def _unseen_task(
+    config: PipelineConfig, adaptive_models: dict[str, Any], task_name: str, tokenizer: Any
+) -> dict[str, Any]:
+    """Every method on one unseen task: ``{method: {"accuracy", "normalized", ...}}``."""
+    adaptive_model = adaptive_models[PROMPT]
     peft_model, experts = adaptive_model.model, list(adaptive_model.experts)
-    table: dict[str, dict[str, Any]] = {}
-    for task_name in config.unseen_tasks:
-        task = config.task(task_name)
-        logger.info("unseen task %s (%d items)", task_name, config.unseen_n)
-        with peft_model.disable_adapter():
-            row = {BASE_MODEL: _score(peft_model, task, tokenizer, config, None)}
-        base = row[BASE_MODEL]["accuracy"]
-        row[BASE_MODEL]["normalized"] = 1.0 if base else None
-        for expert in experts:
-            row[f"expert: {expert}"] = _score_with_adapter(adaptive_model, expert, task, tokenizer, config, base)
-        for strategy in (PROMPT, CLASSIFIER, SOFT):
-            row[strategy] = _dispatched(adaptive_models[strategy], task, tokenizer, config, base)
-        row[FEW_SHOT] = few_shot_cem(config, adaptive_model, task, tokenizer, base)
-        table[task_name] = row
-    return table
+    task = config.task(task_name)
+    logger.info("unseen task %s (%d items)", task_name, config.unseen_n)
+    with peft_model.disable_adapter():
+        row = {BASE_MODEL: _score(peft_model, task, tokenizer, config, None)}
+    base = row[BASE_MODEL]["accuracy"]
+    row[BASE_MODEL]["normalized"] = 1.0 if base else None
+    for expert in experts:
+        row[f"expert: {expert}"] = _score_with_adapter(adaptive_model, expert, task, tokenizer, config, base)
+    for strategy in (PROMPT, CLASSIFIER, SOFT):
+        row[strategy] = _dispatched(adaptive_models[strategy], task, tokenizer, config, base)
+    row[FEW_SHOT] = few_shot_cem(config, adaptive_model, task, tokenizer, base)
+    return row
 
 
 def few_shot_cem(
