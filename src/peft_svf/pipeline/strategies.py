@@ -95,8 +95,7 @@ def evaluate_unseen(
     ``adaptive_models`` holds SelfAdaptiveModels sharing one PeftModel, keyed by strategy (PROMPT,
     CLASSIFIER, SOFT). Everything runs in bf16 mixed precision when ``config.unseen_in_bf16()``.
     """
-    adaptive_model = adaptive_models[PROMPT]
-    peft_model = adaptive_model.model
+    peft_model = adaptive_models[PROMPT].model  # the one PeftModel every strategy scores through
     with inference_in(peft_model, torch.bfloat16 if config.unseen_in_bf16() else None):
         return {task_name: _unseen_task(config, adaptive_models, task_name, tokenizer)
                 for task_name in config.unseen_tasks}  # fmt: skip
