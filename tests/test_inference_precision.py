@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from peft_svf.pipeline import strategies
 from peft_svf.pipeline.config import FULL, parse_args
-from peft_svf.precision import SVF_FACTORS, inference_in, native_bf16
+from peft_svf.precision import SVF_FACTORS, fast_bf16, inference_in
 from peft_svf.svf.merging import merged_for_inference
 from trainer_fixtures import save_random_experts, save_tiny_model, tiny_llama, tiny_tokenizer
 
@@ -137,7 +137,7 @@ def test_the_unseen_stage_runs_in_its_precision(experts, monkeypatch, unseen_bf1
     monkeypatch.setattr(strategies, "_unseen_task", one_task)
     config = replace(FULL, unseen_bf16=unseen_bf16)
     table = strategies.evaluate_unseen(config, {strategies.PROMPT: _FakeAdaptive(model)}, None)
-    bf16 = native_bf16() if unseen_bf16 is None else unseen_bf16
+    bf16 = fast_bf16() if unseen_bf16 is None else unseen_bf16
     expected = (torch.bfloat16, True) if bf16 else (torch.float32, False)
     assert seen == [(task, *expected) for task in FULL.unseen_tasks]
     assert list(table) == list(FULL.unseen_tasks)

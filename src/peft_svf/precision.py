@@ -133,9 +133,13 @@ def mixed_precision_args(bf16: bool) -> dict[str, bool]:
     return {"bf16": bf16, "use_cpu": bf16 and not torch.cuda.is_available()}
 
 
-def native_bf16() -> bool:
-    """Whether this machine multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX or
-    AVX512-BF16. Elsewhere torch emulates bfloat16 on the CPU, slower than float32."""
+def fast_bf16() -> bool:
+    """Whether bfloat16 matmuls are faster than float32's here: a CUDA GPU that supports bf16, or a CPU with AMX.
+
+    AVX512-BF16 alone does not pay: on such a CPU (Xeon, AMX not exposed, 2 cores) torch's bf16 matmuls ran at
+    0.66-0.85x float32's speed at SmolLM2's shapes, and a classification-expert step took 15 s instead of 12
+    (``benchmarks/bf16_matmul.py``; docs/trainer.md). Without either, torch emulates bf16, slower still.
+    """
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return torch.cpu._is_amx_tile_supported()

@@ -100,7 +100,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                      help="train in bf16 mixed precision (rollouts, updates, validation; the test stays in the "
                      "model's dtype); default: the recipe's choice for the task (offline_code, offline_reasoning) "
-                     "where the machine multiplies bf16 natively (AMX, AVX512-BF16, CUDA)")
+                     "where bf16 is faster than float32 (AMX, CUDA; not AVX512-BF16 alone)")
     run.add_argument("--output-dir", type=Path, default=None,
                      help="default: experts/<task>-<adapter>-seed<seed>")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -62,11 +62,11 @@ class PipelineConfig:
     # decoding is most of its time, and its figures measure nothing
     max_new_tokens: int | None = None
     # bf16 mixed precision in training (train_expert(bf16=...)); the experts' tests stay float32. None: each
-    # expert's recipe (trainer.recipe.recipe_bf16: code and reasoning, where the machine multiplies bf16
-    # natively), z_c in float32; True / False: every expert and z_c
+    # expert's recipe (trainer.recipe.recipe_bf16: code and reasoning, where bf16 is faster than float32: AMX,
+    # CUDA), z_c in float32; True / False: every expert and z_c
     bf16: bool | None = None
     # the unseen tasks (Table 2: every method, dispatch and CEM included) in bf16 mixed precision
-    # (precision.inference_in); None: where the machine multiplies bf16 natively (docs/main-job.md)
+    # (precision.inference_in); None: where bf16 is faster than float32 (precision.fast_bf16; docs/main-job.md)
     unseen_bf16: bool | None = None
 
     def task(self, name: str) -> Task:
@@ -103,9 +103,9 @@ class PipelineConfig:
 
     def unseen_in_bf16(self) -> bool:
         """Whether the unseen tasks are scored in bf16 mixed precision (``unseen_bf16``, resolved)."""
-        from ..precision import native_bf16  # not at import: ``--help`` loads no torch
+        from ..precision import fast_bf16  # not at import: ``--help`` loads no torch
 
-        return native_bf16() if self.unseen_bf16 is None else self.unseen_bf16
+        return fast_bf16() if self.unseen_bf16 is None else self.unseen_bf16
 
     def to_dict(self) -> dict[str, Any]:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -161,10 +161,10 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     parser.add_argument("--unseen-n", type=int, default=None, help="test items per unseen task")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="train every expert and z_c in bf16 mixed precision, or none (default: each "
-                        "expert's recipe: code and reasoning in bf16 where the machine multiplies it natively)")  # fmt: skip
+                        "expert's recipe: code and reasoning in bf16 where it is faster than float32: AMX, CUDA)")  # fmt: skip
     parser.add_argument("--unseen-bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="score the unseen tasks (Table 2) in bf16 mixed precision, or in float32 (default: "
-                        "bf16 where the machine multiplies it natively)")  # fmt: skip
+                        "bf16 where it is faster than float32: AMX, CUDA)")  # fmt: skip
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     changes: dict[str, Any] = {"model": args.model, "seed": args.seed}

@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 
 from ..defaults import ROLLOUT_TEMPERATURE  # the rollout temperature, shared with the CLI
 from ..paths import EXPERT_DIR, RESULTS_FILE, write_json
-from ..precision import mixed_precision_args, native_bf16
+from ..precision import fast_bf16, mixed_precision_args
 from ..svf import SVFConfig
 from ..svf.merging import merged_for_inference
 from ..tasks import Task, evaluate, train_valid_split
@@ -73,7 +73,7 @@ def recipe_candidates(
     return TASK_CANDIDATES.get((adapter, task_name), 1) if steps > eval_steps else 1
 
 
-# Tasks whose experts train in bf16 mixed precision where the machine multiplies bf16 natively, chosen on
+# Tasks whose experts train in bf16 mixed precision where bf16 is faster than float32 (AMX, CUDA), chosen on
 # validation over five seeds each (docs/trainer.md, 2026-12-07). Reasoning: mean best validation 93.2% against
 # 88.8% in float32, worst seed 88% against 82%. Code: every seed's best validation 76% (float32: 76-84%, mean
 # 77.6%, within one standard error), the same worst seed, and 0.8x the training time. Math stays float32: the same
@@ -84,10 +84,10 @@ TASK_BF16 = {("svf", "offline_code"), ("svf", "offline_reasoning")}
 
 def recipe_bf16(adapter: str, task_name: str, bf16: bool | None = None) -> bool:
     """Whether ``train_expert`` trains in bf16 mixed precision: ``bf16`` when given, else where the task's
-    recipe chose it and the machine multiplies bf16 natively (:func:`~peft_svf.precision.native_bf16`)."""
+    recipe chose it and bf16 is faster than float32 here (:func:`~peft_svf.precision.fast_bf16`)."""
     if bf16 is not None:
         return bf16
-    return (adapter, task_name) in TASK_BF16 and native_bf16()
+    return (adapter, task_name) in TASK_BF16 and fast_bf16()
 
 
 def adapter_config(kind: str, init_noise_std: float = 0.01) -> PeftConfig:
