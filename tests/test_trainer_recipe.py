@@ -90,7 +90,7 @@ def test_the_expert_is_tested_merged_when_it_pays_and_its_weights_come_back(
 ):
     """The expert's test runs with the vectors in the dense weights (base speed per token) when its tokens repay
     building them; afterwards every layer holds its original weight tensor again, and the score is the
-    unmerged model's."""
+    unmerged model's, item for item, scored one prompt at a time (the test's own batches are of 3 and 2)."""
     import peft_svf.trainer.recipe as recipe
     from peft_svf.svf.layer import SVFLayer
     from peft_svf.tasks import evaluate
@@ -99,7 +99,7 @@ def test_the_expert_is_tested_merged_when_it_pays_and_its_weights_come_back(
 
     def recording_evaluate(model, *args, **kwargs):
         layers = [m for m in model.modules() if isinstance(m, SVFLayer)]
-        calls.append({"merged": [layer.merged for layer in layers],
+        calls.append({"merged": [layer.merged for layer in layers], "batch_size": kwargs["batch_size"],
                       "disabled": [layer.disable_adapters for layer in layers]})  # fmt: skip
         return evaluate(model, *args, **kwargs)
 
@@ -107,9 +107,10 @@ def test_the_expert_is_tested_merged_when_it_pays_and_its_weights_come_back(
     tokenizer, task = tiny_tokenizer(), toy_task()
     model = tiny_llama(len(tokenizer))
     originals = {name: param.data_ptr() for name, param in model.named_parameters()}
-    settings = {**SETTINGS, "test_n": 8, "max_new_tokens": max_new_tokens}
+    settings = {**SETTINGS, "test_n": 8, "test_batch_size": 3, "max_new_tokens": max_new_tokens}
     results = train_expert(model, tokenizer, task, tmp_path, seed=3, **settings)
     base_call, expert_call = calls
+    assert base_call["batch_size"] == expert_call["batch_size"] == 3
     assert all(base_call["disabled"]) and not any(base_call["merged"])
     assert expert_call["merged"] == [merged] * len(expert_call["merged"]) and not any(expert_call["disabled"])
 
@@ -121,6 +122,6 @@ def test_the_expert_is_tested_merged_when_it_pays_and_its_weights_come_back(
     assert all(base_weights[name] == ptr for name, ptr in originals.items()), "a weight tensor was replaced"
     with torch.no_grad():
         unmerged = evaluate(
-            model, task, tokenizer, split="test", n=8, max_new_tokens=max_new_tokens, progress=False
+            model, task, tokenizer, split="test", n=8, batch_size=1, max_new_tokens=max_new_tokens, progress=False
         )
     assert results["expert_test_items"] == [int(r["correct"]) for r in unmerged.records]

@@ -139,6 +139,7 @@ def train_expert(
     eval_steps: int = 10,
     valid_n: int = 50,
     test_n: int = 200,
+    test_batch_size: int = 50,
     seed: int = 0,
     evaluate_base: bool = True,
     progress: bool = True,
@@ -150,6 +151,8 @@ def train_expert(
     ``model`` is a plain causal LM; it comes back carrying the trained adapter (PEFT injects in place).
     ``train_dataset`` and ``valid_dataset`` replace the task's even and odd halves (a user's own prompts).
     The adapter is saved under ``output_dir/expert``. ``test_n=0`` skips the test evaluation.
+    ``test_batch_size``: test prompts per ``generate`` call (decoding on a CPU costs per step more than per row:
+    100 items of the offline tasks in two calls of 50 took 0.6-0.7x the time of 16 per call, the same verdicts).
 
     ``candidates > 1`` starts that many runs (seeds ``seed + k * CANDIDATE_SEED_STRIDE``) and trains each for
     ``eval_steps`` steps; the one with the best validation accuracy then resumes from its checkpoint and
@@ -248,7 +251,7 @@ def train_expert(
 
     def test(which: str) -> None:
         """``<which>_test_accuracy`` and, for confidence intervals over items, ``<which>_test_items`` (0/1)."""
-        result = evaluate(trainer.model, task, tokenizer, split="test", n=test_n,
+        result = evaluate(trainer.model, task, tokenizer, split="test", n=test_n, batch_size=test_batch_size,
                           max_new_tokens=max_new_tokens, progress=progress)  # fmt: skip
         results[f"{which}_test_accuracy"] = result.accuracy
         results[f"{which}_test_items"] = [int(record["correct"]) for record in result.records]
