@@ -211,3 +211,54 @@ def test_loss_equals_equation_one_against_a_separate_base_model(tmp_path, beta):
         assert logged[-1] == pytest.approx(((kl * mask).sum() / mask.sum()).item(), rel=1e-4)
     else:
         assert not logged
+
+
+def _reward_after(flat_steps: int):
+    """-1 for every completion of the first ``flat_steps`` batches; then +1 for a completion whose first character
+    has an even code point, -1 otherwise (about half of a random model's samples: rewards that differ)."""
+    calls = []
+
+    def reward(completions, **columns):
+        calls.append(len(completions))
+        if len(calls) <= flat_steps:
+            return [-1.0] * len(completions)
+        return [1.0 if text and ord(text[0]) % 2 == 0 else -1.0 for text in completions]
+
+    return reward
+
+
+@pytest.mark.parametrize(("beta", "forwards_skipped"), [(0.0, 3), (0.2, 0)])
+def test_a_batch_of_equal_rewards_skips_the_update_forward_and_trains_exactly_as_if_it_ran(
+    tmp_path, monkeypatch, beta, forwards_skipped
+):
+    """With ``beta`` 0, a batch whose advantages are all 0 has an exactly zero gradient: its forward and backward
+    are skipped, and the vectors and Adam's moments after 3 such steps and 3 learning ones are bit for bit those
+    of the same run with every forward computed. With ``beta`` > 0 the KL term still pulls: nothing is skipped."""
+    from peft_svf.trainer import SVFTrainer
+    from trainer_fixtures import adapter_state, make_trainer
+
+    def run(folder, skip):
+        forwards = []
+        original = SVFTrainer._completion_logits
+        monkeypatch.setattr(SVFTrainer, "_completion_logits",
+                            lambda self, model, inputs: forwards.append(1) or original(self, model, inputs))  # fmt: skip
+        if not skip:
+            monkeypatch.setattr(SVFTrainer, "_nothing_to_learn", lambda self, inputs: False)
+        trainer = make_trainer(str(tmp_path / folder), reward_funcs=_reward_after(3), beta=beta, max_steps=6,
+                               logging_steps=1)
+        initial = adapter_state(trainer.model)
+        trainer.train()
+        monkeypatch.undo()
+        moments = [state["exp_avg"].clone() for state in trainer.optimizer.state.values()]
+        rewards = [log["reward"] for log in trainer.state.log_history if "reward" in log]
+        return initial, adapter_state(trainer.model), moments, rewards, len(forwards)
+
+    initial, vectors, moments, rewards, forwards = run("skipping", skip=True)
+    _, full_vectors, full_moments, full_rewards, full_forwards = run("computing", skip=False)
+    assert rewards[:3] == [-1.0] * 3 and any(r > -1.0 for r in rewards[3:])  # three flat batches, then learning
+    assert rewards == full_rewards
+    assert forwards == full_forwards - forwards_skipped
+    assert vectors.keys() == full_vectors.keys() and moments
+    assert all(torch.equal(vectors[name], full_vectors[name]) for name in vectors)
+    assert all(torch.equal(a, b) for a, b in zip(moments, full_moments, strict=True))
+    assert any(not torch.equal(vectors[name], initial[name]) for name in vectors)  # the learning steps moved them

@@ -51,6 +51,12 @@ from .sampling import sample_key, seeded_sampling_processors
 _TIMERS = ("rollout_time", "update_time", "kl_time")
 
 
+def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
+    """A loss of 0 whose backward writes a zero gradient into every trainable parameter, as the policy-gradient
+    loss does when every advantage is 0, without running the model."""
+    return sum((param * 0).sum() for param in model.parameters() if param.requires_grad)
+
+
 class SVFTrainer(Trainer):
     """Trains the active PEFT adapter of a causal LM with REINFORCE and a KL penalty to its base model.
 
@@ -326,6 +332,8 @@ class SVFTrainer(Trainer):
         """``-mean_i[A_i · log π(y_i|x_i)] + beta · mean_i KL_i``, both aggregated per ``loss_type``."""
         if return_outputs:
             raise ValueError("SVFTrainer.compute_loss has no model outputs to return.")
+        if self._nothing_to_learn(inputs):
+            return _zero_loss(model)
         logits = self._completion_logits(model, inputs)
         mask = inputs["completion_mask"].float()
         loss_type = self.args.loss_type
@@ -349,6 +357,14 @@ class SVFTrainer(Trainer):
         token_count = self.accelerator.gather(mask.sum().reshape(1)).sum()
         self._metrics["train"]["kl"].append((kl_sum / token_count.clamp(min=1)).item())
         return loss
+
+    def _nothing_to_learn(self, inputs: dict[str, torch.Tensor]) -> bool:
+        """True when the loss's gradient is exactly zero whatever the model computes: ``beta`` is 0 and every
+        advantage is 0 (a batch whose rewards are all equal). Its forward and backward are then skipped; the
+        optimizer still steps with zero gradients, so training goes on exactly as if they had run (a classification
+        expert's first steps are such batches: no rollout names the right label yet). In one process only: under
+        DDP a backward is also the gradient all-reduce, which every process must join."""
+        return self.args.beta == 0 and self.accelerator.num_processes == 1 and not bool(inputs["advantages"].any())
 
     def training_step(
         self,
