@@ -25,7 +25,7 @@ from peft_svf.adaptive import (
     dispatch_confusion,
     mix_svf_adapters,
 )
-from peft_svf.adaptive.dispatch import label_first_tokens
+from peft_svf.adaptive.dispatch import ASSISTANT_PREFIX, label_first_tokens
 from peft_svf.adaptive.generation import GreedyTexts, greedy_texts, last_token_logits
 from peft_svf.prefix import shared_prefix_length
 from peft_svf.prompts import questions_from_ids, render
@@ -326,6 +326,19 @@ def test_pass_one_rows_stop_once_answered():
                                              stop_when=lambda text: len(text.split()) >= 2)  # fmt: skip
     assert [len(c.split()) for c in completions] == [2, 2, 2]
     assert all(len(g) < 8 and g[-1] != tokenizer.pad_token_id for g in generated)
+
+
+@pytest.mark.parametrize(("prefix", "completion", "answered"), [
+    ("", "Classification: \\boxed{math}", True),
+    ("", "Classification: \\boxed{\\text{code}}", True),  # nested braces: closed once the outer one is
+    ("", "Classification: \\boxed{\\text{code}", False),
+    ("", "Classification: \\boxed math", False),
+    (ASSISTANT_PREFIX, "reasoning}", True),
+    (ASSISTANT_PREFIX, "reason", False),
+])  # fmt: skip
+def test_pass_one_stops_once_the_first_box_has_closed(prefix, completion, answered):
+    """Pass 1 stops a row where the label it reads (the first box, parse_task_label) can no longer change."""
+    assert PromptDispatcher(assistant_prefix=prefix)._answered(completion) is answered
 
 
 def test_auto_merge_pays_only_for_long_generations():

@@ -48,7 +48,13 @@ def test_label_parsing_and_reward():
     assert parse_task_label("\\boxed{\\text{code}}", labels) == "code"
     assert parse_task_label("I think it's math", labels) == OTHERS
     assert parse_task_label("\\boxed{poetry}", labels) == OTHERS
+    # the first box, where dispatch stops reading
+    assert parse_task_label("\\boxed{code}, or maybe \\boxed{math}", labels) == "code"
     reward = task_id_reward()
     completions = ["\\boxed{math}", "\\boxed{code}", "math", "\\boxed{others}"]
     out = reward(completions, label=["math", "math", "math", "math"], labels_offered=[labels] * 4)
     assert out == [1.0, -1.0, -1.0, -1.0]
+    # a rollout can stop once the first box has closed: what follows never changes the reward
+    done = reward.completion_done
+    assert not done("Classification: \\boxed{ma") and done("Classification: \\boxed{math}")
+    assert reward(["\\boxed{math} no, \\boxed{code}"], label=["math"], labels_offered=[labels]) == [1.0]

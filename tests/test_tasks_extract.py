@@ -12,6 +12,7 @@ from peft_svf.tasks.extract import (
     extract_code,
     extract_numeric_answer,
     find_numbers,
+    first_box_closed,
     first_number_complete,
     math_answers_equal,
     normalize_math_answer,
@@ -217,3 +218,38 @@ def test_result_policy_reads_a_restated_equation_by_its_result():
     assert extract_numeric_answer("Nina has 3 + 5 = 8 cookies. Then 9 = 9", position="result") == 8
     assert extract_numeric_answer("15, since 9 and 6", position="result") == 15
     assert extract_numeric_answer("It is = twelve", position="result") is None
+
+
+BOX_TEXTS = [
+    "Classification: \\boxed{math}",
+    "\\boxed{\\text{code}} and later \\boxed{math}",
+    "first \\fbox{7} then \\boxed{8}",
+    "\\boxed{\\frac{1}{2}} done",
+    "\\boxed math, then {x}",
+    "\\boxed math",
+    "\\boxed{unclosed \\frac{1}{2}",
+    "no box at all",
+]
+
+
+@pytest.mark.parametrize("text", BOX_TEXTS)
+def test_first_box_closed_marks_the_point_after_which_the_first_box_cannot_change(text):
+    """From the first prefix where it holds, every longer prefix, and every continuation of it, reads the first box
+    the whole text reads; checked character by character, as generation sees the text grow."""
+    done_at = next((k for k in range(len(text) + 1) if first_box_closed(text[:k])), None)
+    if done_at is None:
+        return
+    whole = extract_boxed(text, first=True)
+    for k in range(done_at, len(text) + 1):
+        assert first_box_closed(text[:k])
+        assert extract_boxed(text[:k], first=True) == whole
+        for tail in ("}", "{x}", " \\boxed{other}", "ics"):
+            assert extract_boxed(text[:k] + tail, first=True) == whole
+    assert text[:done_at].endswith("}")
+
+
+def test_the_first_box_against_the_last():
+    assert [extract_boxed(t, first=True) for t in BOX_TEXTS] == [
+        "math", "\\text{code}", "7", "\\frac{1}{2}", "x", "math", None, None]  # fmt: skip
+    assert [extract_boxed(t) for t in BOX_TEXTS[:3]] == ["math", "math", "8"]
+    assert [first_box_closed(t) for t in BOX_TEXTS] == [True, True, True, True, True, False, False, False]

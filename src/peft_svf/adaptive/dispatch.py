@@ -9,7 +9,6 @@ experts by them; :class:`FixedMixture` gives every prompt one mixture (how a CEM
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 
 from ..prompts import Prompt, question_of, render
 from ..tasks.classification import OTHERS, classification_prompt, parse_task_label
+from ..tasks.extract import first_box_closed
 from ..tokens import ensure_pad_token
 from .generation import greedy_texts, last_token_logits, single_adapter
 from .mixing import BASE, Alpha
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 CLASSIFIER_ADAPTER = "task_classifier"
 ASSISTANT_PREFIX = "Classification: \\boxed{"
-_CLOSED_BOX = re.compile(r"\\boxed\{[^{}]*\}")
 
 Template = Callable[[str, list[str], Mapping[str, str] | None], Any]
 
@@ -132,8 +131,8 @@ class PromptDispatcher(Dispatcher):
         ]
 
     def _answered(self, completion: str) -> bool:
-        """Stop a row once it holds a complete ``\\boxed{...}``: that is all pass 1 reads."""
-        return _CLOSED_BOX.search(self.assistant_prefix + completion) is not None
+        """Stop a row once its first ``\\boxed{...}`` has closed: that is all pass 1 reads."""
+        return first_box_closed(self.assistant_prefix + completion)
 
     def dispatch(self, prompts: Sequence[Prompt]) -> list[DispatchDecision]:
         adaptive_model = self._bound()

@@ -16,7 +16,7 @@ from typing import Any
 from datasets import Dataset
 
 from ..prompts import question_of
-from .extract import extract_boxed
+from .extract import extract_boxed, first_box_closed
 from .registry import chat_prompt, get_task
 from .rewards import CORRECT, WRONG, RewardFunc, completion_text
 
@@ -57,8 +57,12 @@ def classification_prompt(
 
 
 def parse_task_label(text: str, labels: list[str], fallback: str = OTHERS) -> str:
-    """The label inside the last ``\\boxed{}``, case-insensitively; ``fallback`` when absent or unknown."""
-    boxed = extract_boxed(text)
+    """The label inside the first ``\\boxed{}``, case-insensitively; ``fallback`` when absent or unknown.
+
+    The first: dispatch's pass 1 stops once it has closed (:func:`~peft_svf.tasks.extract.first_box_closed`), and so do the classification
+    expert's rollouts, so that training rewards exactly what dispatch reads.
+    """
+    boxed = extract_boxed(text, first=True)
     if boxed is None:
         return fallback
     guess = boxed.replace("\\text{", "").replace("}", "").strip().strip("'\"").lower()
@@ -77,6 +81,7 @@ def task_id_reward(label_column: str = "label", labels_column: str = "labels_off
             )
         ]
 
+    task_id_reward.completion_done = first_box_closed  # it reads the first box only
     return task_id_reward
 
 

@@ -51,9 +51,10 @@ def find_numbers(text: str) -> list[Fraction]:
     return [value for _, value in _numbers(text)]
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), honouring nested braces; None if absent."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+def extract_boxed(text: str, *, first: bool = False) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), or with ``first`` of the first one, honouring
+    nested braces; None if absent."""
+    start = _first_box(text) if first else max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
         return None
     i = text.find("{", start)
@@ -70,6 +71,18 @@ def extract_boxed(text: str) -> str | None:
             if depth == 0:
                 return text[i + 1 : j]
     return None  # unbalanced: the model stopped mid-answer
+
+
+def _first_box(text: str) -> int:
+    found = [i for i in (text.find("\\boxed"), text.find("\\fbox")) if i >= 0]
+    return min(found, default=-1)
+
+
+def first_box_closed(text: str) -> bool:
+    """Whether the first ``\\boxed{...}`` (or ``\\fbox{...}``) has closed, so that no appended text can change
+    ``extract_boxed(text, first=True)`` (a brace-less ``\\boxed 5`` may still grow, so it does not count)."""
+    start = _first_box(text)
+    return start >= 0 and "{" in text[start:] and extract_boxed(text, first=True) is not None
 
 
 def _explicit_answer(text: str) -> Fraction | None:
