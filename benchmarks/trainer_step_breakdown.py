@@ -33,6 +33,7 @@ from peft_svf.pipeline.config import DEFAULT_EXPERT_TASKS
 from peft_svf.precision import mixed_precision_args
 from peft_svf.tasks import get_task
 from peft_svf.tasks.classification import build_task_id_dataset, task_id_reward
+from peft_svf.tasks.rewards import reward_name
 from peft_svf.trainer import SVFTrainer, SVFTrainingConfig
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the paper's LoRA comparison: attention, r=16
@@ -56,6 +57,20 @@ TASK_ID = "task_id"
 PARTS = ("rollout", "logprob_fwd_bwd", "kl", "step")
 
 
+def never_flat(reward):
+    """``reward`` plus a tiny offset per row, so that a batch's rewards are never all equal: at this benchmark's
+    learning rate of ~0 the base model's rewards often are, and SVFTrainer skips the update of such a batch when
+    ``beta`` is 0 (its gradient is exactly zero). Keeps the reward's name and where it stops reading."""
+
+    def offset(completions, **columns):
+        return [value + 1e-3 * row for row, value in enumerate(reward(completions, **columns))]
+
+    offset.__name__ = reward_name(reward)
+    if hasattr(reward, "completion_done"):
+        offset.completion_done = reward.completion_done
+    return offset
+
+
 def run_variant(
     base, tokenizer, name: str, data, reward, args: argparse.Namespace, workdir: str
 ) -> list[dict]:
@@ -63,7 +78,7 @@ def run_variant(
     make_config, settings = VARIANTS[name]
     trainer = SVFTrainer(
         copy.deepcopy(base),
-        reward,
+        never_flat(reward),
         args=SVFTrainingConfig(
             output_dir=workdir,
             per_device_train_batch_size=args.batch,
