@@ -137,8 +137,8 @@ def fast_bf16() -> bool:
     """Whether bfloat16 matmuls are faster than float32's here: a CUDA GPU that supports bf16, or a CPU with AMX.
 
     AVX512-BF16 alone does not pay: on such a CPU (Xeon, AMX not exposed, 2 cores) torch's bf16 matmuls ran at
-    0.66-0.85x float32's speed at SmolLM2's shapes, and a classification-expert step took 15 s instead of 12
-    (``benchmarks/bf16_matmul.py``; docs/trainer.md). Without either, torch emulates bf16, slower still.
+    0.59-0.74x float32's speed at SmolLM2's MLP shapes (``benchmarks/bf16_matmul.py``), and a classification-expert
+    step took 15 s instead of 12 (docs/trainer.md). Without either, torch emulates bf16, slower still.
     """
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
