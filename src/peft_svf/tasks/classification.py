@@ -59,8 +59,8 @@ def classification_prompt(
 def parse_task_label(text: str, labels: list[str], fallback: str = OTHERS) -> str:
     """The label inside the first ``\\boxed{}``, case-insensitively; ``fallback`` when absent or unknown.
 
-    The first: dispatch's pass 1 stops once it has closed (:func:`~peft_svf.tasks.extract.first_box_closed`), and so do the classification
-    expert's rollouts, so that training rewards exactly what dispatch reads.
+    The first: dispatch's pass 1 stops once it has closed (:func:`~peft_svf.tasks.extract.first_box_closed`), and
+    so do the classification expert's rollouts, so that training rewards exactly what dispatch reads.
     """
     boxed = extract_boxed(text, first=True)
     if boxed is None:

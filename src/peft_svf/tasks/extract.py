@@ -62,6 +62,11 @@ def extract_boxed(text: str, *, first: bool = False) -> str | None:
         # "\boxed 5" form
         rest = text[start:].split(None, 1)
         return rest[1].split("$")[0].strip() if len(rest) == 2 else None
+    return _braced(text, i)
+
+
+def _braced(text: str, i: int) -> str | None:
+    """What lies between the brace at ``i`` and its matching close; None when it has not closed."""
     depth = 0
     for j in range(i, len(text)):
         if text[j] == "{":
@@ -82,7 +87,8 @@ def first_box_closed(text: str) -> bool:
     """Whether the first ``\\boxed{...}`` (or ``\\fbox{...}``) has closed, so that no appended text can change
     ``extract_boxed(text, first=True)`` (a brace-less ``\\boxed 5`` may still grow, so it does not count)."""
     start = _first_box(text)
-    return start >= 0 and "{" in text[start:] and extract_boxed(text, first=True) is not None
+    brace = text.find("{", start) if start >= 0 else -1
+    return brace >= 0 and _braced(text, brace) is not None
 
 
 def _explicit_answer(text: str) -> Fraction | None:
