@@ -90,7 +90,7 @@ def test_the_expert_is_tested_merged_when_it_pays_and_its_weights_come_back(
 ):
     """The expert's test runs with the vectors in the dense weights (base speed per token) when its tokens repay
     building them; afterwards every layer holds its original weight tensor again, and the score is the
-    unmerged model's, item for item, scored one prompt at a time (the test's own batches are of 3 and 2)."""
+    unmerged model's, item for item, scored one prompt at a time (the test's own batches are of 3, 3 and 2)."""
     import peft_svf.trainer.recipe as recipe
     from peft_svf.svf.layer import SVFLayer
     from peft_svf.tasks import evaluate
