@@ -10,7 +10,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peft_svf import SVFConfig
-from peft_svf.svf.layer import path_costs
+from peft_svf.svf.layer import all_finite, path_costs
 
 
 class TwoLinear(nn.Module):
@@ -157,3 +157,22 @@ def test_training_forward_on_a_square_weight_keeps_recomposing():
     model = get_peft_model(nn.Sequential(nn.Linear(16, 16)), SVFConfig(target_modules=["0"]))
     layer = model.base_model.model[0]
     assert layer._forward_path(torch.randn(4, 128, 16), ["default"]) == "recompose"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite_agrees_with_the_elementwise_test(dtype):
+    """Every case the one-pass sum could get wrong: values at the dtype's maximum (a float64 sum of float64
+    ones overflows), an inf, both infs (their sum is nan), a nan, and a finite tensor."""
+    top = torch.finfo(dtype).max
+    cases = {
+        "random": torch.randn(64, 32),
+        "all at max": torch.full((64, 32), top, dtype=torch.float64),
+        "max and -max": torch.tensor([top, -top] * 50, dtype=torch.float64),
+        "one inf": torch.cat([torch.randn(99), torch.tensor([float("inf")])]),
+        "inf and -inf": torch.tensor([float("inf"), 1.0, float("-inf")]),
+        "one nan": torch.cat([torch.tensor([float("nan")]), torch.randn(99)]),
+    }
+    for name, values in cases.items():
+        tensor = values.to(dtype)
+        assert all_finite(tensor) == bool(torch.isfinite(tensor).all()), name
+    assert all_finite(torch.tensor([2**62, 2**62]))  # integers are always finite

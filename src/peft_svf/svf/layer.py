@@ -44,6 +44,18 @@ def initial_vector(config: SVFConfig, rank: int) -> torch.Tensor:
     return vector
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """``torch.isfinite(tensor).all()`` in one pass: merging for every rollout checks 210 weights, and the
+    element-wise test took a quarter of the merge on SmolLM2 (0.16 of 0.69 s).
+
+    A float64 sum of values of at most 32 bits can neither overflow nor lose an inf or a nan (``inf - inf``
+    is nan), so it is finite exactly when every value is; wider dtypes take the element-wise test.
+    """
+    if tensor.is_floating_point() and tensor.element_size() <= 4:
+        return bool(torch.isfinite(tensor.sum(dtype=torch.float64)))
+    return bool(torch.isfinite(tensor).all())
+
+
 def official_mask(vector: torch.Tensor, max_mult: float) -> torch.Tensor:
     """The authors' bounded mask ``sigmoid(p) * max_mult`` (float64)."""
     return torch.sigmoid(vector.double()) * max_mult
@@ -310,7 +322,7 @@ class SVFLayer(BaseTunerLayer):
             else:
                 weight = self.dense_weight().detach()
                 merged = weight + self.delta_matrix([name]).to(weight.dtype)
-            if safe_merge and not torch.isfinite(merged).all():
+            if safe_merge and not all_finite(merged):
                 raise ValueError(
                     f"NaNs detected in the merged weights. The adapter {name!r} seems to be broken."
                 )
