@@ -42,8 +42,8 @@ def test_the_recipe_trains_in_bf16_only_where_validation_chose_it_and_the_machin
 def test_bf16_is_recorded_with_each_expert_and_absent_in_float32():
     assert FULL.expert_settings(1e-2, 0.1, 3, True, bf16=True)["bf16"] is True
     assert "bf16" not in FULL.expert_settings(1e-2, 0.1, 3, True, bf16=False)
-    assert replace(FULL, bf16=True).classifier_settings()["bf16"] is True
-    assert "bf16" not in FULL.classifier_settings()  # z_c stays float32 under the recipe
+    assert replace(FULL, bf16=True).classifier_settings(3)["bf16"] is True
+    assert "bf16" not in FULL.classifier_settings(3)  # z_c stays float32 under the recipe
     assert "bf16" not in FULL.to_dict()  # the recipe's precision: results.json keeps the keys it had
     assert replace(FULL, bf16=False).to_dict()["bf16"] is False
 

@@ -15,7 +15,7 @@ from typing import Any
 from ..defaults import CLASSIFIER_TEMPERATURE
 from ..paths import EXPERT_DIR, RESULTS_FILE, write_json
 from ..tasks import Task
-from ..tasks.classification import build_task_id_dataset, task_id_reward
+from ..tasks.classification import TASK_IDENTIFICATION, build_task_id_dataset, task_id_reward
 from ..trainer.recipe import train_expert
 
 
@@ -36,6 +36,7 @@ def train_classification_expert(
     n_per_task: int | None = None,
     descriptions: Mapping[str, str] | None = None,
     seed: int = 0,
+    candidates: int | None = None,
     progress: bool = True,
     kl_coef: float | None = None,
     bf16: bool = False,
@@ -47,8 +48,9 @@ def train_classification_expert(
     questions in all, spread over the tasks' valid splits. The adapter is saved under
     ``output_dir/expert`` (load it with ``SelfAdaptiveModel.from_pretrained(..., classifier=that dir)``);
     returns (and writes to ``results.json``) its ``path``, validation accuracy by step and log history.
-    ``kl_coef`` is the deprecated name of ``beta``, and ``bf16`` mixed precision, as in
-    :func:`~peft_svf.trainer.train_expert`.
+    ``candidates``, ``kl_coef`` (the deprecated name of ``beta``) and ``bf16`` (mixed precision) as in
+    :func:`~peft_svf.trainer.train_expert`: by default the recipe probes three seeds to the first validation and
+    finishes the best, since most single runs lock into naming one domain for every question (docs/trainer.md).
     """
     output_dir = Path(output_dir)
     train = build_task_id_dataset(
@@ -59,13 +61,13 @@ def train_classification_expert(
         tasks, split="valid", n_per_task=per_task, seed=seed, descriptions=descriptions
     )
     valid = valid.select(range(min(valid_n, len(valid))))
-    task = Task(name="task_identification", domain="classification", loader=lambda split: train,
+    task = Task(name=TASK_IDENTIFICATION, domain="classification", loader=lambda split: train,
                 reward=task_id_reward(), max_new_tokens=max_new_tokens, splits=("train",))  # fmt: skip
     results = train_expert(
         model, tokenizer, task, output_dir, train_dataset=train, valid_dataset=valid, steps=steps, batch=batch,
         lr=lr, beta=beta, temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
-        valid_n=valid_n, test_n=0, seed=seed, evaluate_base=False, progress=progress, kl_coef=kl_coef,
-        bf16=bf16,
+        valid_n=valid_n, test_n=0, seed=seed, candidates=candidates, evaluate_base=False, progress=progress,
+        kl_coef=kl_coef, bf16=bf16,
     )  # fmt: skip
     results.update(
         tasks=dict(tasks), train_rows=len(train), valid_rows=len(valid), path=str(output_dir / EXPERT_DIR)

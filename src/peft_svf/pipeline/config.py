@@ -94,8 +94,10 @@ class PipelineConfig:
         settings.update({"bf16": True} if bf16 else {})
         return {**settings, "stops_at_answer": True} if stops_at_answer else settings
 
-    def classifier_settings(self) -> dict[str, Any]:
-        return dict(steps=self.classifier_steps, batch=self.classifier_batch, seed=self.seed,
+    def classifier_settings(self, candidates: int) -> dict[str, Any]:
+        """The settings z_c was trained with (``candidates``: the recipe's probes); reused only when they match,
+        so a z_c trained before z_c probed seeds (2026-12-08) is trained again."""
+        return dict(steps=self.classifier_steps, batch=self.classifier_batch, seed=self.seed, candidates=candidates,
                     temperature=self.classifier_temperature, eval_steps=self.classifier_eval_steps,
                     valid_n=self.classifier_valid_n,
                     experts=sorted(self.expert_tasks.items()),

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..paths import EXPERT_DIR, RESULTS_FILE, as_stored, write_json
 from ..tasks import stop_condition
+from ..tasks.classification import TASK_IDENTIFICATION
 from ..trainer.recipe import recipe_beta, recipe_bf16, recipe_candidates, recipe_learning_rate, train_expert
 from .config import PipelineConfig
 
@@ -73,7 +74,9 @@ def classification_expert(config: PipelineConfig, load_model: ModelLoader) -> di
     """Train (or reuse) z_c, the expert that names a question's domain (strategy B)."""
     from ..adaptive import train_classification_expert
 
-    settings = config.classifier_settings()
+    candidates = recipe_candidates("svf", TASK_IDENTIFICATION, steps=config.classifier_steps,
+                                   eval_steps=config.classifier_eval_steps)  # fmt: skip
+    settings = config.classifier_settings(candidates)
     folder = config.output_dir / "experts" / CLASSIFIER_DIR
     results = _reusable_results(folder, settings)
     if results is None:
@@ -83,7 +86,7 @@ def classification_expert(config: PipelineConfig, load_model: ModelLoader) -> di
             model, tokenizer, tasks=config.expert_tasks, output_dir=folder, steps=config.classifier_steps,
             batch=config.classifier_batch, temperature=config.classifier_temperature,
             eval_steps=config.classifier_eval_steps, valid_n=config.classifier_valid_n, seed=config.seed,
-            bf16=bool(config.bf16),
+            candidates=candidates, bf16=bool(config.bf16),
         )  # fmt: skip
         results = _remember(folder, results, settings)
     results["path"] = str(folder / EXPERT_DIR)

@@ -21,6 +21,8 @@ from .registry import chat_prompt, get_task
 from .rewards import CORRECT, WRONG, RewardFunc, completion_text
 
 OTHERS = "others"
+# The name z_c's training task goes by: the recipe's tables (trainer.recipe) key on it.
+TASK_IDENTIFICATION = "task_identification"
 # Category descriptions from the paper's adaptation prompt (Figure 3).
 DEFAULT_DESCRIPTIONS = {
     "code": "Questions asking for programming solutions",
