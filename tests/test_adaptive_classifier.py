@@ -27,16 +27,24 @@ def _prompt_ids(tokenizer, question: str) -> list[int]:
 
 @torch.no_grad()
 def _greedy_answer(model, tokenizer, question: str, max_new_tokens: int) -> str:
-    """A plain greedy loop, one full forward per token, stopping at EOS or a closed ``\\boxed{}``."""
-    ids = _prompt_ids(tokenizer, question)
+    """A plain greedy loop after the prefilled ``ASSISTANT_PREFIX``, one full forward per token, stopping at
+    EOS or once the box has closed; returns the answer with its prefix."""
+    ids = _prompt_ids(tokenizer, question) + tokenizer(ASSISTANT_PREFIX, add_special_tokens=False)["input_ids"]
     new: list[int] = []
     for _ in range(max_new_tokens):
         token = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
         new.append(token)
-        text = tokenizer.decode(new, skip_special_tokens=True)
+        text = ASSISTANT_PREFIX + tokenizer.decode(new, skip_special_tokens=True)
         if token == tokenizer.eos_token_id or re.search(r"\\boxed\{[^{}]*\}", text):
             break
-    return tokenizer.decode(new, skip_special_tokens=True)
+    return ASSISTANT_PREFIX + tokenizer.decode(new, skip_special_tokens=True)
+
+
+def _boxed_label(text: str) -> str:
+    """The expert named in the first closed box, else "others" (the base weights)."""
+    found = re.search(r"\\boxed\{([^{}]*)\}", text)
+    label = found.group(1).strip().lower() if found else None
+    return label if label in EXPERTS else "others"
 
 
 @torch.no_grad()
@@ -83,8 +91,8 @@ def test_train_classification_expert_saves_a_loadable_z_c(tmp_path):
         with_z_c != without and argmax_z_c != argmax_base and len(set(argmax_z_c)) > 1
     )  # the check can fail
     assert [d.text for d in decisions] == with_z_c
-    # none of these answers closes a \boxed{} naming an expert, so each one means the base weights
-    assert [(d.label, d.base) for d in decisions] == [("others", 1.0)] * len(QUESTIONS)
+    assert [d.label for d in decisions] == [_boxed_label(text) for text in with_z_c]
+    assert all(d.base == (1.0 if d.label == "others" else 0.0) for d in decisions)
     assert [d.label for d in soft] == argmax_z_c
 
 
@@ -96,6 +104,7 @@ def test_z_c_probes_the_recipes_seeds_and_finishes_the_best(tmp_path):
     probed = train_classification_expert(*tiny_chat_lm(WORDS), tasks, tmp_path / "probed", **settings)
     count = TASK_CANDIDATES[("svf", TASK_IDENTIFICATION)]
     assert count > 1 and probed["settings"]["candidates"] == count
+    assert probed["settings"]["assistant_prefix"] == ASSISTANT_PREFIX  # z_c's answers start prefilled
     seeds = [5 + k * CANDIDATE_SEED_STRIDE for k in range(count)]
     assert [probe["seed"] for probe in probed["candidates"]] == seeds
     best = max(probe["valid_accuracy"] for probe in probed["candidates"])  # the first probe that reached it wins

@@ -171,12 +171,18 @@ def test_unparsable_pass_one_answer_generates_with_base_weights():
 def test_classifier_dispatcher_runs_pass_one_with_the_classification_expert(monkeypatch):
     model, tokenizer = tiny_experts()
     mix_svf_adapters(model, {"math": 1.0, "code": 1.0}, "task_classifier")
-    rows = {}
-    monkeypatch.setattr("peft_svf.adaptive.dispatch.greedy_texts",
-                        lambda m, t, texts, r, **k: GreedyTexts(["\\boxed{math}"] * len(rows.setdefault("rows", r)), [], None))  # fmt: skip
+    seen = {}
+
+    def greedy(model, tokenizer, texts, rows, **kwargs):  # what z_c writes after the prefilled answer start
+        seen.update(texts=texts, rows=rows)
+        return GreedyTexts(["math}"] * len(rows), [], None)
+
+    monkeypatch.setattr("peft_svf.adaptive.dispatch.greedy_texts", greedy)
     adaptive_model = SelfAdaptiveModel(model, tokenizer, EXPERTS, dispatcher="classifier")
-    assert [d.label for d in adaptive_model.dispatch(QUESTIONS[:2])] == ["math", "math"]
-    assert rows["rows"] == ["task_classifier"] * 2
+    decisions = adaptive_model.dispatch(QUESTIONS[:2])
+    assert [(d.label, d.text) for d in decisions] == [("math", "Classification: \\boxed{math}")] * 2
+    assert seen["rows"] == ["task_classifier"] * 2
+    assert all(text.endswith("Classification: \\boxed{") for text in seen["texts"])  # as z_c was trained
     with pytest.raises(ValueError, match="classification expert"):
         SelfAdaptiveModel(tiny_experts()[0], tokenizer, EXPERTS, dispatcher="classifier")
 

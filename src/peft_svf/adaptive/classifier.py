@@ -15,7 +15,12 @@ from typing import Any
 from ..defaults import CLASSIFIER_TEMPERATURE
 from ..paths import EXPERT_DIR, RESULTS_FILE, write_json
 from ..tasks import Task
-from ..tasks.classification import TASK_IDENTIFICATION, build_task_id_dataset, task_id_reward
+from ..tasks.classification import (
+    ASSISTANT_PREFIX,
+    TASK_IDENTIFICATION,
+    build_task_id_dataset,
+    task_id_reward,
+)
 from ..trainer.recipe import train_expert
 
 
@@ -40,6 +45,7 @@ def train_classification_expert(
     progress: bool = True,
     kl_coef: float | None = None,
     bf16: bool = False,
+    assistant_prefix: str = ASSISTANT_PREFIX,
 ) -> dict[str, Any]:
     """Train ``z_c`` for ``tasks`` (``{label: task name}``, e.g. ``{"math": "offline_math", ...}``).
 
@@ -49,20 +55,19 @@ def train_classification_expert(
     ``output_dir/expert`` (load it with ``SelfAdaptiveModel.from_pretrained(..., classifier=that dir)``);
     returns (and writes to ``results.json``) its ``path``, validation accuracy by step and log history.
     ``candidates``, ``kl_coef`` (the deprecated name of ``beta``) and ``bf16`` (mixed precision) as in
-    :func:`~peft_svf.trainer.train_expert`: by default the recipe probes three seeds to the first validation and
-    finishes the best, since most single runs lock into naming one domain for every question (docs/trainer.md).
+    :func:`~peft_svf.trainer.train_expert`. ``assistant_prefix`` starts every answer, so that a rollout's first
+    token is the label (``ClassifierDispatcher`` prefills the same by default): written by the model itself
+    (``""``), most runs locked into naming one domain for every question (docs/trainer.md).
     """
     output_dir = Path(output_dir)
-    train = build_task_id_dataset(
-        tasks, split="train", n_per_task=n_per_task, seed=seed, descriptions=descriptions
-    )
+    train = build_task_id_dataset(tasks, split="train", n_per_task=n_per_task, seed=seed,
+                                  descriptions=descriptions, assistant_prefix=assistant_prefix)  # fmt: skip
     per_task = math.ceil(valid_n / len(tasks))
-    valid = build_task_id_dataset(
-        tasks, split="valid", n_per_task=per_task, seed=seed, descriptions=descriptions
-    )
+    valid = build_task_id_dataset(tasks, split="valid", n_per_task=per_task, seed=seed,
+                                  descriptions=descriptions, assistant_prefix=assistant_prefix)  # fmt: skip
     valid = valid.select(range(min(valid_n, len(valid))))
     task = Task(name=TASK_IDENTIFICATION, domain="classification", loader=lambda split: train,
-                reward=task_id_reward(), max_new_tokens=max_new_tokens, splits=("train",))  # fmt: skip
+                reward=task_id_reward(assistant_prefix=assistant_prefix), max_new_tokens=max_new_tokens, splits=("train",))  # fmt: skip
     results = train_expert(
         model, tokenizer, task, output_dir, train_dataset=train, valid_dataset=valid, steps=steps, batch=batch,
         lr=lr, beta=beta, temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
@@ -72,6 +77,6 @@ def train_classification_expert(
     results.update(
         tasks=dict(tasks), train_rows=len(train), valid_rows=len(valid), path=str(output_dir / EXPERT_DIR)
     )
-    results["settings"]["n_per_task"] = n_per_task
+    results["settings"].update(n_per_task=n_per_task, assistant_prefix=assistant_prefix)
     write_json(output_dir / RESULTS_FILE, results)
     return results

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..prompts import Prompt, question_of, render
-from ..tasks.classification import OTHERS, classification_prompt, parse_task_label
+from ..tasks.classification import ASSISTANT_PREFIX, OTHERS, classification_prompt, parse_task_label
 from ..tasks.extract import first_box_closed
 from ..tokens import ensure_pad_token
 from .generation import greedy_texts, last_token_logits, single_adapter
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from .model import SelfAdaptiveModel
 
 CLASSIFIER_ADAPTER = "task_classifier"
-ASSISTANT_PREFIX = "Classification: \\boxed{"
 
 Template = Callable[[str, list[str], Mapping[str, str] | None], Any]
 
@@ -155,9 +154,14 @@ class PromptDispatcher(Dispatcher):
 
 
 class ClassifierDispatcher(PromptDispatcher):
-    """Strategy B: the prompt dispatcher with the classification expert ``z_c`` active in pass 1."""
+    """Strategy B: the prompt dispatcher with the classification expert ``z_c`` active in pass 1.
+
+    Its answer starts prefilled with ``ASSISTANT_PREFIX``, as :func:`~peft_svf.adaptive.train_classification_expert`
+    trains ``z_c`` (pass ``assistant_prefix=""`` for a ``z_c`` trained before 2026-12-08, which wrote it itself).
+    """
 
     def __init__(self, adapter_name: str = CLASSIFIER_ADAPTER, **kwargs: Any) -> None:
+        kwargs.setdefault("assistant_prefix", ASSISTANT_PREFIX)
         super().__init__(adapter_name=adapter_name, **kwargs)
 
     def bind(self, adaptive_model: SelfAdaptiveModel) -> Dispatcher:

@@ -96,10 +96,12 @@ class PipelineConfig:
 
     def classifier_settings(self, candidates: int) -> dict[str, Any]:
         """The settings z_c was trained with (``candidates``: the recipe's probes); reused only when they match,
-        so a z_c trained before z_c probed seeds (2026-12-08) is trained again."""
+        so a z_c trained before its answers started prefilled (2026-12-08) is trained again."""
+        from ..tasks.classification import ASSISTANT_PREFIX  # not at import: ``--help`` loads no datasets
+
         return dict(steps=self.classifier_steps, batch=self.classifier_batch, seed=self.seed, candidates=candidates,
                     temperature=self.classifier_temperature, eval_steps=self.classifier_eval_steps,
-                    valid_n=self.classifier_valid_n,
+                    valid_n=self.classifier_valid_n, assistant_prefix=ASSISTANT_PREFIX,
                     experts=sorted(self.expert_tasks.items()),
                     **({"bf16": True} if self.bf16 else {}))  # fmt: skip
 

@@ -21,6 +21,11 @@ from .registry import chat_prompt, get_task
 from .rewards import CORRECT, WRONG, RewardFunc, completion_text
 
 OTHERS = "others"
+# The start of the answer the prompt asks for ("Classification: \\boxed{category}"), prefilled as the assistant's
+# turn where the label is what matters: the first generated token is then the label. SmolLM2 writes "math" for
+# nearly every question unprompted, and left to write the format itself z_c locked into that label in 6 of 9
+# seeds; prefilled, none of 5 did (docs/trainer.md, 2026-12-08).
+ASSISTANT_PREFIX = "Classification: \\boxed{"
 # The name z_c's training task goes by: the recipe's tables (trainer.recipe) key on it.
 TASK_IDENTIFICATION = "task_identification"
 # Category descriptions from the paper's adaptation prompt (Figure 3).
@@ -72,18 +77,38 @@ def parse_task_label(text: str, labels: list[str], fallback: str = OTHERS) -> st
     return matches[0] if matches else fallback
 
 
-def task_id_reward(label_column: str = "label", labels_column: str = "labels_offered") -> RewardFunc:
-    """+1 when the boxed category is the row's label, -1 otherwise (unparsable answers count as wrong)."""
+def task_id_reward(
+    label_column: str = "label",
+    labels_column: str = "labels_offered",
+    assistant_prefix: str = ASSISTANT_PREFIX,
+    prefix_column: str = "assistant_prefix",
+) -> RewardFunc:
+    """+1 when the boxed category is the row's label, -1 otherwise (unparsable answers count as wrong).
+
+    The completion is read after ``assistant_prefix``, the answer start its rows prefilled (the rows of
+    :func:`build_task_id_dataset` record theirs in ``prefix_column``; a row prefilled otherwise is an error,
+    since its completions would be misread). Where generation may stop depends on that prefix too.
+    """
 
     def task_id_reward(completions: list, **columns: Any) -> list[float]:
+        prefixes = columns.get(prefix_column)
+        if prefixes is None or any(prefix != assistant_prefix for prefix in prefixes):
+            raise ValueError(
+                f"task_id_reward reads completions after the prefilled answer start {assistant_prefix!r}, but the "
+                f"rows' {prefix_column!r} column is {'missing' if prefixes is None else sorted(set(prefixes))}; "
+                "build the rows and the reward with the same assistant_prefix"
+            )
         return [
-            CORRECT if parse_task_label(completion_text(c), list(offered), fallback="") == label else WRONG
+            CORRECT
+            if parse_task_label(assistant_prefix + completion_text(c), list(offered), fallback="") == label
+            else WRONG
             for c, label, offered in zip(
                 completions, columns[label_column], columns[labels_column], strict=True
             )
         ]
 
-    task_id_reward.completion_done = first_box_closed  # it reads the first box only
+    # It reads the first box only, which the prefix may have opened.
+    task_id_reward.completion_done = lambda text: first_box_closed(assistant_prefix + text)
     return task_id_reward
 
 
@@ -94,14 +119,17 @@ def build_task_id_dataset(
     seed: int = 0,
     descriptions: Mapping[str, str] | None = None,
     load_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    assistant_prefix: str = ASSISTANT_PREFIX,
 ) -> Dataset:
     """(question from task k, label k) rows for every ``label -> task name`` in ``tasks``, shuffled.
 
     Questions come from each task's ``split`` (use the experts' training splits to train the
     classifier and their validation splits to select it). Each task contributes ``n_per_task``
-    questions (all when None) so that no label dominates. Columns: ``prompt``, ``label``, ``task``,
-    ``question``, ``labels_offered``.
+    questions (all when None) so that no label dominates. ``assistant_prefix`` (if any) is prefilled as the
+    assistant's turn. Columns: ``prompt``, ``label``, ``task``, ``question``, ``labels_offered``,
+    ``assistant_prefix``.
     """
+    answer_start = [{"role": "assistant", "content": assistant_prefix}] if assistant_prefix else []
     labels = list(tasks)
     rows = []
     for label, name in tasks.items():
@@ -109,7 +137,8 @@ def build_task_id_dataset(
         count = len(data) if n_per_task is None else min(n_per_task, len(data))
         for prompt in data.select(range(count))["prompt"]:
             question = question_of(prompt)
-            rows.append({"prompt": classification_prompt(question, labels, descriptions), "label": label,
-                         "task": name, "question": question, "labels_offered": labels})  # fmt: skip
+            rows.append({"prompt": classification_prompt(question, labels, descriptions) + answer_start,
+                         "label": label, "task": name, "question": question, "labels_offered": labels,
+                         "assistant_prefix": assistant_prefix})  # fmt: skip
     random.Random(seed).shuffle(rows)
     return Dataset.from_list(rows)

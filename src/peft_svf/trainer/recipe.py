@@ -61,8 +61,9 @@ def recipe_beta(adapter: str, beta: float | None = None) -> float:
 # on code, whose weak seeds show at step 10 and stay weak under the KL term; with rollouts stopped at the closed
 # block, a third probe lifted the worst of five seeds from 63% to 76% on test. Reasoning, once its rollouts stopped
 # after the first number: mean best validation 84.8% with one seed, 88.8% with three (its weak seed 70% -> 90%).
-# The classification expert z_c (2026-12-08): 6 of 9 seeds lock into naming "math" for every question (validation
-# 33% at step 10 and after); with three probes seeds 0, 1 and 2 all reach 67% (alone: 67 / 33 / 33%).
+# The classification expert z_c (2026-12-08): writing its answer itself, 6 of 9 seeds locked into naming "math" for
+# every question (validation 33% at step 10 and after); with the answer's start prefilled, 1 of 5 (seeds 0-3 67%,
+# seed 4 33%), so three probes leave about 1% where all three lock (about 30% before).
 TASK_CANDIDATES = {("svf", "offline_code"): 3, ("svf", "offline_reasoning"): 3, ("svf", TASK_IDENTIFICATION): 3}
 
 
