@@ -310,6 +310,16 @@ class SVFLayer(BaseTunerLayer):
         return True
 
     # -- merging ----------------------------------------------------------------------------------------
+    def _plus_delta(self, weight: torch.Tensor, adapter_name: str, alpha: float) -> torch.Tensor:
+        """``weight + alpha (W' - W)`` for one adapter, as a new tensor. One fused ``addmm`` when the factors
+        share the weight's dtype: no dense change the size of the weight first (every rollout merges all 210
+        SmolLM2 weights: 0.60 -> 0.56 s, medians of 12 merges interleaved with the old way)."""
+        change = self.singular_value_change([adapter_name])
+        U, Vh = self.svf_U, self.svf_Vh
+        if U.dtype != weight.dtype:
+            return weight + alpha * self._compose(change).to(weight.dtype)
+        return torch.addmm(weight, U * change.to(U.dtype), Vh, alpha=alpha)
+
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.svf_vector]
         if self.frees_base_weight and not adapter_names and not self.merged:
@@ -320,8 +330,7 @@ class SVFLayer(BaseTunerLayer):
             if self.frees_base_weight:  # no W to add to: compose the merged weight from the factors
                 merged = self._compose(self.adapted_singular_values([*self.merged_adapters, name]))
             else:
-                weight = self.dense_weight().detach()
-                merged = weight + self.delta_matrix([name]).to(weight.dtype)
+                merged = self._plus_delta(self.dense_weight().detach(), name, 1.0)
             if safe_merge and not all_finite(merged):
                 raise ValueError(
                     f"NaNs detected in the merged weights. The adapter {name!r} seems to be broken."
@@ -338,8 +347,7 @@ class SVFLayer(BaseTunerLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if not self.frees_base_weight:
-                weight = self.dense_weight().detach()
-                self.write_dense_weight(weight - self.delta_matrix([name]).to(weight.dtype))
+                self.write_dense_weight(self._plus_delta(self.dense_weight().detach(), name, -1.0))
         if self.frees_base_weight:
             self._free_base_weight()
 
