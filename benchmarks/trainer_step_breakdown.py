@@ -51,6 +51,12 @@ VARIANTS: dict[str, tuple[Any, dict[str, Any]]] = {
         lambda: LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS),
         {},
     ),
+    # On SVF's own targets (every linear layer but the head: SmolLM2's 210 matrices), the fairer cost comparison
+    # issue 14 names beside the paper's attention-only LoRA.
+    "LoRA r=16 all-linear": (
+        lambda: LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"),
+        {},
+    ),
 }
 # The task-identification rows z_c trains on: ~180 tokens of classification instructions, then the question.
 TASK_ID = "task_id"
