@@ -66,8 +66,9 @@ def train_classification_expert(
     valid = build_task_id_dataset(tasks, split="valid", n_per_task=per_task, seed=seed,
                                   descriptions=descriptions, assistant_prefix=assistant_prefix)  # fmt: skip
     valid = valid.select(range(min(valid_n, len(valid))))
+    reward = task_id_reward(assistant_prefix=assistant_prefix)
     task = Task(name=TASK_IDENTIFICATION, domain="classification", loader=lambda split: train,
-                reward=task_id_reward(assistant_prefix=assistant_prefix), max_new_tokens=max_new_tokens, splits=("train",))  # fmt: skip
+                reward=reward, max_new_tokens=max_new_tokens, splits=("train",))  # fmt: skip
     results = train_expert(
         model, tokenizer, task, output_dir, train_dataset=train, valid_dataset=valid, steps=steps, batch=batch,
         lr=lr, beta=beta, temperature=temperature, max_new_tokens=max_new_tokens, eval_steps=eval_steps,
