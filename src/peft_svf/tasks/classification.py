@@ -24,7 +24,7 @@ OTHERS = "others"
 # The start of the answer the prompt asks for ("Classification: \\boxed{category}"), prefilled as the assistant's
 # turn where the label is what matters: the first generated token is then the label. SmolLM2 writes "math" for
 # nearly every question unprompted, and left to write the format itself z_c locked into that label in 6 of 9
-# seeds; prefilled, in 3 of 7 (docs/trainer.md, 2026-12-08), each probe in about 2/3 of the time.
+# seeds; prefilled, in 5 of 9 (docs/trainer.md, 2026-12-08), but each probe costs about 2/3 of the time.
 ASSISTANT_PREFIX = "Classification: \\boxed{"
 # The name z_c's training task goes by: the recipe's tables (trainer.recipe) key on it.
 TASK_IDENTIFICATION = "task_identification"

@@ -62,8 +62,8 @@ def recipe_beta(adapter: str, beta: float | None = None) -> float:
 # block, a third probe lifted the worst of five seeds from 63% to 76% on test. Reasoning, once its rollouts stopped
 # after the first number: mean best validation 84.8% with one seed, 88.8% with three (its weak seed 70% -> 90%).
 # The classification expert z_c (2026-12-08): writing its answer itself, 6 of 9 seeds locked into naming "math" for
-# every question (validation 33% at step 10 and after); with the answer's start prefilled, 3 of 7 (seeds 0-3 67%;
-# 4, 1000, 2000 33%), so three probes leave about 8% where all three lock (about 30% before).
+# every question (validation 33% at step 10 and after); with the answer's start prefilled, 5 of 9, so three probes
+# still leave about 17% where all three lock (about 30% before), each probe at about 2/3 of the cost.
 TASK_CANDIDATES = {("svf", "offline_code"): 3, ("svf", "offline_reasoning"): 3, ("svf", TASK_IDENTIFICATION): 3}
 
 
